@@ -1,0 +1,30 @@
+"""Stage 00: write the synthetic CXR-LT-shaped demo dataset to input/demo/."""
+import argparse
+
+from cxrlt.cli import run_stage
+from cxrlt.demo import make_demo
+from cxrlt.fileio import display_path, project_path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="input/demo", help="output folder (default: input/demo)")
+    p.add_argument("--n-train", type=int, default=3000, help="training images")
+    p.add_argument("--n-dev", type=int, default=500, help="development images (labelled)")
+    p.add_argument("--n-test", type=int, default=500, help="test images (no labels)")
+    p.add_argument("--max-side", type=int, default=384, help="largest image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--force", action="store_true", help="regenerate even if a complete demo is there")
+    a = p.parse_args()
+    out = project_path(a.out)
+    r = make_demo(out, a.n_train, a.n_dev, a.n_test, a.max_side, a.seed, a.workers, a.force)
+    if r["skipped"]:
+        print(f"{display_path(out)}: demo already complete (seed {a.seed}); --force regenerates it")
+        return
+    print(f"wrote {display_path(out)}: " + ", ".join(f"{k} {v} images" for k, v in r["images"].items()))
+    print(f"contact sheet: {display_path(out / 'contact_sheet.png')}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,21 @@
+"""Stage 01: decode every referenced image once, resize to cache.size, write the cache under input/."""
+from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.fileio import display_path
+from cxrlt.images import prepare_dataset_cache
+
+
+def main():
+    args = stage_parser(__doc__).parse_args()
+    cfg = config_from_args(args)
+    r = prepare_dataset_cache(cfg, force=args.force)
+    for note in r["notes"]:
+        print(note)
+    splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
+    if r["written"] == 0:
+        print(f"{display_path(r['folder'])}: all {r['total']} images already cached ({splits}); --force redoes it")
+    else:
+        print(f"{display_path(r['folder'])}: cached {r['written']} images, {r['skipped']} were already there ({splits})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

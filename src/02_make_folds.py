@@ -1,0 +1,23 @@
+"""Stage 02: patient-grouped, multilabel-stratified K folds of the training CSV -> folds/<dataset>_folds.csv."""
+from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.fileio import display_path
+from cxrlt.folds import build_folds
+
+
+def main():
+    args = stage_parser(__doc__).parse_args()
+    cfg = config_from_args(args)
+    r = build_folds(cfg, force=args.force)
+    if r["skipped"]:
+        print(f"{display_path(r['path'])}: already there for seed {cfg.folds.seed}, k={cfg.folds.k}; --force rebuilds it")
+    print(r["table"].to_string())
+    imb = r["imbalance"]
+    worst = imb.ratio.idxmax()
+    print(f"worst balance among classes with >= 5*k positives: {worst}, off even ({imb.even[worst]:.1f}) by "
+          f"{imb.max_dev[worst]:.1f} images (allowed 1 + 10% = {imb.allowed[worst]:.1f})")
+    if not r["skipped"]:
+        print(f"wrote {display_path(r['path'])} ({r['n_images']} images, {r['n_patients']} patients, k={cfg.folds.k})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,206 @@
+"""Dataset presets (DESIGN.md section 1) and validation of the competition CSVs.
+
+`resolve_dataset(cfg.data)` gives a `DatasetSpec` with absolute paths and column names;
+`read_split(spec, "train")` reads one CSV and checks it, raising `CxrltError` with one line that
+names the file, row and column at fault.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CxrltError
+from .fileio import display_path, project_path
+from .labels import LABELS_2023, LABELS_2024, LABELS_2024_TASK2, LABELS_2026
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    dir: Path
+    image_root: Path
+    train_csv: Path
+    dev_csv: Path | None
+    test_csv: Path | None
+    sample_submission: Path | None
+    id_col: str
+    path_col: str
+    patient_col: str
+    study_col: str | None
+    view_col: str | None
+    labels: tuple[str, ...]
+    normal_label: str | None = None
+    normal_allows: tuple[str, ...] = ()
+    label_map: dict = field(default_factory=dict)
+
+    def csv(self, split: str) -> Path | None:
+        return {"train": self.train_csv, "dev": self.dev_csv, "test": self.test_csv}[split]
+
+
+_MIMIC_2023 = dict(id_col="dicom_id", path_col="path", patient_col="subject_id",
+                   study_col="study_id", view_col="ViewPosition")
+_MIMIC_2024 = dict(_MIMIC_2023, path_col="fpath")
+
+# Paths are relative to data.input_dir (default: input/).
+PRESETS: dict[str, dict] = {
+    "cxr-lt-2023": dict(
+        dir="cxr-lt-2023", image_root="mimic-cxr-jpg", train_csv="train.csv",
+        dev_csv="development.csv", test_csv="test.csv", sample_submission=None,
+        labels=LABELS_2023, normal_label="No Finding", normal_allows=["Support Devices"], **_MIMIC_2023),
+    "cxr-lt-2024-task1": dict(
+        dir="cxr-lt-2024", image_root="mimic-cxr-jpg", train_csv="train_labeled.csv",
+        dev_csv="development.csv", test_csv="test_task1.csv", sample_submission=None,
+        labels=LABELS_2024, normal_label="Normal", normal_allows=["Support Devices"], **_MIMIC_2024),
+    "cxr-lt-2024-task2": dict(
+        dir="cxr-lt-2024", image_root="mimic-cxr-jpg", train_csv="train_labeled.csv",
+        dev_csv="development.csv", test_csv="test_task2.csv", sample_submission=None,
+        labels=LABELS_2024_TASK2, normal_label="Normal", normal_allows=["Support Devices"], **_MIMIC_2024),
+    "cxr-lt-2026": dict(
+        dir="cxr-lt-2026", image_root="cxr-lt-2026/images", train_csv="CXRLT_2026_training.csv",
+        dev_csv=None, test_csv="CXRLT_2026_TEST_ALL_TASK1.csv", sample_submission=None,
+        id_col="ImageID", path_col="ImageID", patient_col="PatientID", study_col=None, view_col=None,
+        labels=LABELS_2026, normal_label="Normal", normal_allows=["Support Devices"]),
+    "demo": dict(
+        dir="demo", image_root="demo", train_csv="train.csv", dev_csv="development.csv",
+        test_csv="test.csv", sample_submission="sample_submission.csv",
+        labels=LABELS_2023, normal_label="No Finding", normal_allows=["Support Devices"], **_MIMIC_2023),
+}
+REQUIRED_CUSTOM = ("dir", "train_csv", "id_col", "path_col", "patient_col", "labels")
+_FIELDS = ("name", "dir", "image_root", "train_csv", "dev_csv", "test_csv", "sample_submission",
+           "id_col", "path_col", "patient_col", "study_col", "view_col", "labels",
+           "normal_label", "normal_allows", "label_map")
+
+
+def resolve_dataset(data) -> DatasetSpec:
+    """Preset values, overridden by any non-null field of the recipe's `data:` section."""
+    preset = data.get("preset")
+    if preset == "custom":
+        base: dict = {}
+        missing = [k for k in REQUIRED_CUSTOM if not data.get(k)]
+        if missing:
+            raise CxrltError(f"data.preset=custom needs data.{', data.'.join(missing)} in the recipe")
+    elif preset in PRESETS:
+        base = dict(PRESETS[preset])
+    else:
+        raise CxrltError(f"data.preset '{preset}' is not one of {', '.join(list(PRESETS) + ['custom'])}")
+    vals = dict(base, name=preset if preset != "custom" else None)
+    vals.update({k: data[k] for k in _FIELDS if data.get(k) is not None})
+    vals["name"] = vals.get("name") or Path(str(vals["dir"])).name
+    input_dir = project_path(data.get("input_dir") or "input")
+    ddir = input_dir / vals["dir"]
+
+    def under(folder: Path, p):
+        return None if p is None else (Path(p) if Path(p).is_absolute() else folder / p)
+
+    labels = tuple(vals["labels"])
+    if len(set(labels)) != len(labels):
+        raise CxrltError("data.labels lists a label twice")
+    normal = vals.get("normal_label")
+    if normal is not None and normal not in labels:
+        normal = None  # e.g. a custom label set without a normal class
+    return DatasetSpec(
+        name=str(vals["name"]), dir=ddir,
+        image_root=under(input_dir, vals.get("image_root")) or ddir,
+        train_csv=under(ddir, vals["train_csv"]), dev_csv=under(ddir, vals.get("dev_csv")),
+        test_csv=under(ddir, vals.get("test_csv")),
+        sample_submission=under(ddir, vals.get("sample_submission")),
+        id_col=vals["id_col"], path_col=vals["path_col"], patient_col=vals["patient_col"],
+        study_col=vals.get("study_col"), view_col=vals.get("view_col"), labels=labels,
+        normal_label=normal,
+        normal_allows=tuple(x for x in (vals.get("normal_allows") or ()) if x in labels),
+        label_map={str(k): int(v) for k, v in (vals.get("label_map") or {}).items()},
+    )
+
+
+def _row(i: int) -> int:
+    """File line of data row i (line 1 is the header)."""
+    return i + 2
+
+
+def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFrame:
+    """Read and check one split's CSV.
+
+    labels: "required" (train), "auto" (checked when the label columns are there: development),
+    "none" (ignored: test). Label columns come back as uint8 0/1.
+    """
+    path = spec.csv(split)
+    if path is None:
+        raise CxrltError(f"data: preset '{spec.name}' has no {split} CSV")
+    shown = display_path(path)
+    if not path.is_file():
+        raise CxrltError(f"{shown}: file not found (the {split} CSV of dataset '{spec.name}'; see input/README.md)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises several types for broken files
+        raise CxrltError(f"{shown}: cannot be read as CSV ({str(e).splitlines()[0]})") from None
+    need = [spec.id_col, spec.path_col, spec.patient_col] if split != "test" else [spec.id_col, spec.path_col]
+    need += [c for c in (spec.study_col, spec.view_col) if c and split != "test"]
+    has_labels = all(c in df.columns for c in spec.labels)
+    if labels == "required" or (labels == "auto" and any(c in df.columns for c in spec.labels)):
+        need += list(spec.labels)
+    missing = [c for c in dict.fromkeys(need) if c not in df.columns]
+    if missing:
+        listed = ", ".join(f"'{c}'" for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CxrltError(f"{shown}: missing column{'s' if len(missing) > 1 else ''} {listed}")
+    if len(df) == 0:
+        raise CxrltError(f"{shown}: no data rows")
+
+    ids = df[spec.id_col]
+    empty = np.flatnonzero(ids.str.strip() == "")
+    if len(empty):
+        raise CxrltError(f"{shown}: row {_row(empty[0])}, column '{spec.id_col}': empty id")
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        first = ids[dup].iloc[0]
+        rows = [_row(i) for i in np.flatnonzero(ids == first)[:3]]
+        raise CxrltError(f"{shown}: id '{first}' in column '{spec.id_col}' appears {int((ids == first).sum())} times "
+                         f"(rows {', '.join(map(str, rows))}); {int(ids[dup].nunique())} ids are duplicated")
+    if labels != "none" and has_labels:
+        df = _check_labels(df, spec, shown)
+    return df
+
+
+def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str) -> pd.DataFrame:
+    df = df.copy()
+    for col in spec.labels:
+        raw = df[col].str.strip()
+        val = raw.map(lambda s: spec.label_map.get(s, s))
+        num = pd.to_numeric(val, errors="coerce")
+        bad = ~num.isin([0, 1])
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            hint = " (map such values with data.label_map)" if spec.label_map == {} else ""
+            raise CxrltError(f"{shown}: row {_row(i)}, column '{col}': label value '{df[col].iloc[i]}' is not 0 or 1"
+                             f"{hint}; {int(bad.sum())} such cells in this column")
+        df[col] = num.astype(np.uint8)
+    return df
+
+
+def image_paths(spec: DatasetSpec, df: pd.DataFrame) -> list[Path]:
+    return [spec.image_root / p for p in df[spec.path_col]]
+
+
+def missing_images(spec: DatasetSpec, df: pd.DataFrame, split: str) -> str | None:
+    """One line naming how many referenced images are missing and the first few, or None."""
+    paths = image_paths(spec, df)
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
+        return None
+    first = ", ".join(f"{df[spec.path_col].iloc[i]} (row {_row(i)})" for i in missing[:3])
+    return (f"{display_path(spec.csv(split))}: {len(missing)} of {len(df)} image files missing "
+            f"under {display_path(spec.image_root)}, e.g. {first}")
+
+
+def check_images_exist(spec: DatasetSpec, df: pd.DataFrame, split: str) -> None:
+    msg = missing_images(spec, df, split)
+    if msg:
+        raise CxrltError(msg)
+
+
+def label_matrix(spec: DatasetSpec, df: pd.DataFrame) -> np.ndarray:
+    return df[list(spec.labels)].to_numpy(dtype=np.float32)

@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from conftest import ROOT
+from cxrlt.config import load_config, parse_value, save_resolved
+from cxrlt.errors import CxrltError
+
+DEMO = ROOT / "experiments" / "demo.yaml"
+
+
+def test_demo_recipe_resolves_with_defaults():
+    cfg = load_config(DEMO)
+    assert cfg.name == "demo"
+    assert cfg.data.preset == "demo"
+    assert cfg.cache.size == 192           # from the recipe
+    assert cfg.cache.resize == "stretch"   # from defaults.yaml
+    assert cfg.folds.k == 5
+
+
+def test_overrides_nested_and_typed():
+    cfg = load_config(DEMO, ["cache.size=256", "folds.seed=7", "data.labels=[A, B]", "+extra.lr=3e-4"])
+    assert cfg.cache.size == 256 and isinstance(cfg.cache.size, int)
+    assert cfg.folds.seed == 7
+    assert cfg.data.labels == ["A", "B"]
+    assert cfg.extra.lr == pytest.approx(3e-4) and isinstance(cfg.extra.lr, float)
+
+
+@pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("1", 1), ("true", True), ("null", None), ("abc", "abc")])
+def test_parse_value(text, value):
+    assert parse_value(text) == value
+
+
+def test_unknown_override_key_is_refused_with_a_hint():
+    with pytest.raises(CxrltError, match=r"no key 'sise' under cache; did you mean size"):
+        load_config(DEMO, ["cache.sise=3"])
+    with pytest.raises(CxrltError, match="key=value"):
+        load_config(DEMO, ["cache.size"])
+
+
+def test_base_inheritance_and_resolved_copy(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {DEMO}\ncache:\n  size: 320\n")
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.cache.size == 320 and cfg.data.preset == "demo"
+    out = save_resolved(cfg, tmp_path / "out" / "config.yaml")
+    back = yaml.safe_load(out.read_text())
+    assert back["cache"]["size"] == 320 and back["folds"]["k"] == 5 and back["name"] == "child"
+
+
+def test_missing_and_invalid_recipe(tmp_path):
+    with pytest.raises(CxrltError, match="recipe not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(CxrltError, match="not valid YAML"):
+        load_config(bad)
