@@ -131,7 +131,7 @@ def load_config(recipe: str | Path, overrides: Iterable[str] = ()) -> Config:
 
 
 def experiment_dir(cfg: Config) -> Path:
-    return project_path("experiments") / cfg.name
+    return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
 
 
 def save_resolved(cfg: Config, path: str | Path) -> Path:

@@ -1,0 +1,55 @@
+"""timm backbones with a multi-label head, and where their weights come from."""
+from __future__ import annotations
+
+import sys
+
+import timm
+import torch
+
+from .errors import CxrltError
+from .fileio import display_path, project_path
+
+
+def create_model(mcfg, num_classes: int) -> torch.nn.Module:
+    """Any timm model name. Weights: model.pretrained_path (a local file) > model.pretrained (download)
+    > random init, with one clear warning when a download fails (an error if model.require_pretrained).
+
+    Gray films use in_chans=1: timm sums the pretrained RGB stem filters into one input channel,
+    which gives exactly the output of feeding the gray image replicated to three channels, at a third
+    of the input memory and transfer.
+    """
+    kw = dict(num_classes=num_classes, in_chans=int(mcfg.in_chans), drop_rate=float(mcfg.drop_rate))
+    if mcfg.drop_path_rate:
+        kw["drop_path_rate"] = float(mcfg.drop_path_rate)
+    if mcfg.pretrained_path:
+        path = project_path(mcfg.pretrained_path)
+        if not path.is_file():
+            raise CxrltError(f"model.pretrained_path {display_path(path)}: file not found")
+        try:
+            return timm.create_model(mcfg.name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw)
+        except (RuntimeError, KeyError) as e:
+            raise CxrltError(f"model.pretrained_path {display_path(path)}: does not fit {mcfg.name} "
+                             f"({str(e).splitlines()[0][:200]})") from None
+    if mcfg.pretrained:
+        try:
+            return timm.create_model(mcfg.name, pretrained=True, **kw)
+        except Exception as e:  # no network, hub error, unknown tag
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+            if mcfg.require_pretrained:
+                raise CxrltError(f"model.pretrained: could not get weights for {mcfg.name} ({reason}); "
+                                 f"set model.pretrained_path to a local file") from None
+            print(f"warning: no pretrained weights for {mcfg.name} ({reason}); training from random init. "
+                  f"Set model.pretrained_path to a local weights file, or model.require_pretrained=true "
+                  f"to stop instead.", file=sys.stderr)
+    try:
+        return timm.create_model(mcfg.name, pretrained=False, **kw)
+    except RuntimeError as e:
+        raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
+
+
+def input_stats(model: torch.nn.Module) -> tuple[float, float]:
+    """Mean and std (0-1 scale) the backbone was trained with, averaged over RGB for gray input."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = cfg.get("mean", (0.485, 0.456, 0.406))
+    std = cfg.get("std", (0.229, 0.224, 0.225))
+    return float(sum(mean) / len(mean)), float(sum(std) / len(std))

@@ -1,0 +1,110 @@
+import random
+
+import numpy as np
+import pytest
+
+from cxrlt.augment import build_transform, combine_labels, mosaic
+from cxrlt.config import load_config
+from cxrlt.labels import LABELS_2023
+from cxrlt.loader import CxrDataset, repeat_factors
+
+from conftest import ROOT
+
+NF, SD, AT, EF = (LABELS_2023.index(x) for x in ("No Finding", "Support Devices", "Atelectasis", "Pleural Effusion"))
+
+
+def vec(*idx):
+    v = np.zeros(26, np.float32)
+    v[list(idx)] = 1
+    return v
+
+
+def mix(*ys):
+    return combine_labels(np.stack(ys), NF, (SD,))
+
+
+def test_union_is_clip_of_sum():
+    y = mix(vec(AT), vec(AT, EF), vec(EF), vec(AT))
+    assert y.max() == 1 and y[AT] == 1 and y[EF] == 1 and y.sum() == 2
+
+
+def test_no_finding_only_when_nothing_else_shows():
+    assert mix(vec(NF), vec(NF), vec(NF), vec(NF))[NF] == 1
+    y = mix(vec(NF), vec(NF), vec(AT), vec(NF))        # a finding in one tile: not normal
+    assert y[NF] == 0 and y[AT] == 1
+    y = mix(vec(NF), vec(NF, SD), vec(NF), vec(NF))    # devices are allowed with normal
+    assert y[NF] == 1 and y[SD] == 1
+    y = mix(vec(SD), vec(SD), vec(SD), vec(SD))        # no source was normal
+    assert y[NF] == 0 and y[SD] == 1
+    assert combine_labels(np.stack([vec(NF), vec(AT)]))[NF] == 1   # no normal class given: plain union
+
+
+def test_mosaic_resize_puts_each_image_in_its_quadrant():
+    imgs = [np.full((64, 64), v, np.uint8) for v in (10, 20, 30, 40)]
+    out, vis = mosaic(imgs, 64, "resize", random.Random(0))
+    assert out[:32, :32].min() == out[:32, :32].max() == 10 and out[:32, 32:].max() == 20
+    assert out[32:, :32].max() == 30 and out[32:, 32:].max() == 40 and vis.tolist() == [0.25] * 4
+
+
+def test_mosaic_crop_areas_match_pixels():
+    imgs = [np.full((64, 64), v, np.uint8) for v in (10, 20, 30, 40)]
+    for seed in range(5):
+        out, vis = mosaic(imgs, 64, "crop", random.Random(seed))
+        counts = [(out == v).mean() for v in (10, 20, 30, 40)]
+        assert np.allclose(counts, vis) and vis.sum() == pytest.approx(1.0)
+
+
+def make_ds(tmp_path, labels, **aug):
+    import cv2
+
+    files = []
+    for i in range(len(labels)):
+        f = tmp_path / f"{i}.png"
+        cv2.imwrite(str(f), np.full((32, 32), 10 * (i + 1), np.uint8))
+        files.append(f)
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", [f"augment.{k}={v}" for k, v in aug.items()] + [
+        "augment.hflip=0", "augment.affine=0", "augment.brightness_contrast=0", "augment.dropout=0"])
+    return CxrDataset(files, np.stack(labels), cfg.augment, NF, (SD,))
+
+
+def test_dataset_mosaic_labels_follow_visible_sources(tmp_path):
+    labels = [vec(NF), vec(NF), vec(NF), vec(AT)]
+    ds = make_ds(tmp_path, labels, mosaic=1.0, mosaic_variants="[resize]")
+    for seed in range(20):
+        ds.reseed(seed)
+        img, y, _ = ds[0]
+        sources = {int(v) // 10 - 1 for v in np.unique(img.numpy())}
+        expected = mix(*[labels[s] for s in sources])
+        assert np.array_equal(y.numpy(), expected), (sources, y)
+
+
+def test_dataset_mixup_and_cutmix_use_the_rule(tmp_path):
+    labels = [vec(NF), vec(AT)]
+    for op in ("mixup", "cutmix"):
+        ds = make_ds(tmp_path, labels, mosaic=0.0, **{op: 1.0})
+        ds.reseed(1)
+        img, y, _ = ds[0]
+        values = set(np.unique(img.numpy()).tolist())
+        if op == "mixup":                                        # a blend of 10 and 20
+            assert all(10 < v < 20 for v in values)
+        else:                                                    # a box of 20 pasted into 10
+            assert values == {10, 20}
+        assert y[AT] == 1 and y[NF] == 0
+
+
+def test_transform_is_seedable_and_keeps_shape(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", ["augment.dropout=0.5"])
+    t = build_transform(cfg.augment)
+    img = np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)
+    t.set_random_seed(3)
+    a = t(image=img)["image"]
+    t.set_random_seed(3)
+    assert np.array_equal(a, t(image=img)["image"]) and a.shape == img.shape and a.dtype == np.uint8
+
+
+def test_repeat_factors():
+    y = np.zeros((100, 2))
+    y[:50, 0] = 1
+    y[:1, 1] = 1
+    r = repeat_factors(y, t=0.1, cap=3.0)
+    assert r[0] == pytest.approx(min(3.0, np.sqrt(0.1 / 0.01))) and r[10] == 1.0 and r[99] == 1.0
