@@ -12,7 +12,7 @@ def test_demo_recipe_resolves_with_defaults():
     cfg = load_config(DEMO)
     assert cfg.name == "demo"
     assert cfg.data.preset == "demo"
-    assert cfg.cache.size == 192           # from the recipe
+    assert cfg.cache.size == 128           # from the recipe
     assert cfg.cache.resize == "stretch"   # from defaults.yaml
     assert cfg.folds.k == 5
 
