@@ -108,3 +108,10 @@ def test_repeat_factors():
     y[:1, 1] = 1
     r = repeat_factors(y, t=0.1, cap=3.0)
     assert r[0] == pytest.approx(min(3.0, np.sqrt(0.1 / 0.01))) and r[10] == 1.0 and r[99] == 1.0
+
+
+def test_unknown_mosaic_variant_is_a_config_error(tmp_path):
+    from cxrlt.errors import CxrltError
+
+    with pytest.raises(CxrltError, match="mosaic_variants"):
+        make_ds(tmp_path, [vec(NF), vec(AT)], mosaic=0.5, mosaic_variants="[crop, zoom]")

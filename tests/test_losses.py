@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cxrlt.config import Config
+from cxrlt.errors import CxrltError
 from cxrlt.losses import FocalLoss, build_loss, class_weights
 
 
@@ -51,5 +52,5 @@ def test_weighted_bce_pos_weight():
     cfg = Config(name="weighted_bce", label_smoothing=0.0, class_weights=None, max_pos_weight=50)
     loss = build_loss(cfg, np.array([10, 1]), 101)
     assert loss.pos_weight.tolist() == pytest.approx([9.1, 50.0])
-    with pytest.raises(ValueError, match="loss.name"):
+    with pytest.raises(CxrltError, match="loss.name"):
         build_loss(Config(name="nope", class_weights=None), np.array([1]), 2)

@@ -54,3 +54,15 @@ def test_input_stats_average_rgb():
     m = create_model(mcfg(), 3)
     mean, std = input_stats(m)
     assert mean == pytest.approx(sum(m.pretrained_cfg["mean"]) / 3)
+
+
+@pytest.mark.parametrize("recipe,arch", [("effv2s_768", "tf_efficientnetv2_s"), ("convnext_768", "convnext_small")])
+def test_real_recipes_build_their_backbones(recipe, arch):
+    from conftest import ROOT
+    from cxrlt.config import load_config
+
+    cfg = load_config(ROOT / "experiments" / f"{recipe}.yaml", ["model.pretrained=false"])
+    assert cfg.cache.size == 768 and cfg.loss.name == "focal" and cfg.model.name == arch
+    m = create_model(cfg.model, 26).eval()
+    with torch.no_grad():
+        assert m(torch.rand(1, 1, 64, 64)).shape == (1, 26)

@@ -25,6 +25,9 @@ def combine_labels(ys: np.ndarray, normal: int | None = None, allowed: tuple[int
     return y
 
 
+MOSAIC_VARIANTS = ("crop", "resize")
+
+
 def mosaic(images: list[np.ndarray], size: int, variant: str, rng: random.Random):
     """Four square uint8 images -> (size x size mosaic, visible fraction of the canvas per source).
 

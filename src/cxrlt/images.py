@@ -94,10 +94,12 @@ class Cache:
     @classmethod
     def from_config(cls, cfg, dataset_name: str) -> "Cache":
         c = cfg.cache
+        from .errors import CxrltError
+
         if c.resize not in RESIZE_MODES:
-            raise ValueError(f"cache.resize must be one of {RESIZE_MODES}, not '{c.resize}'")
+            raise CxrltError(f"cache.resize must be one of {', '.join(RESIZE_MODES)}, not '{c.resize}'")
         if c.format not in FORMATS:
-            raise ValueError(f"cache.format must be one of {tuple(FORMATS)}, not '{c.format}'")
+            raise CxrltError(f"cache.format must be one of {', '.join(FORMATS)}, not '{c.format}'")
         folder = project_path(c.dir) / dataset_name / f"{int(c.size)}_{c.resize}_{c.format}"
         return cls(folder, int(c.size), c.resize, c.format)
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from .augment import build_transform, combine_labels, cutmix_box, mosaic
+from .augment import MOSAIC_VARIANTS, build_transform, combine_labels, cutmix_box, mosaic
+from .errors import CxrltError
 from .images import read_cached
 
 
@@ -21,6 +22,9 @@ class CxrDataset(Dataset):
         self.normal, self.allowed = normal, tuple(allowed)
         self.transform = build_transform(acfg) if acfg is not None else None
         self.mosaic_p = float(acfg.mosaic) if acfg is not None else 0.0
+        if self.mosaic_p and not set(acfg.mosaic_variants) <= set(MOSAIC_VARIANTS):
+            raise CxrltError(f"augment.mosaic_variants {list(acfg.mosaic_variants)}: each must be one of "
+                             f"{', '.join(MOSAIC_VARIANTS)}")
         self.rng = random.Random(0)
 
     def __len__(self):
@@ -102,7 +106,7 @@ def make_loader(ds: CxrDataset, batch_size: int, workers: int, train: bool, tcfg
         w = repeat_factors(ds.labels, float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(ds), replacement=True)
     elif train and tcfg is not None and tcfg.sampler != "random":
-        raise ValueError(f"train.sampler must be random or class_aware, not '{tcfg.sampler}'")
+        raise CxrltError(f"train.sampler must be random or class_aware, not '{tcfg.sampler}'")
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=train,
                       worker_init_fn=_worker_init if workers > 0 else None,

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from .errors import CxrltError
+
 
 def class_weights(positives: np.ndarray, n: int, mode: str | None) -> torch.Tensor | None:
     """Per-class weights from training frequencies, normalised to mean 1 (None: no weights)."""
@@ -69,4 +71,4 @@ def build_loss(lcfg, positives: np.ndarray, n: int) -> nn.Module:
         from timm.loss import AsymmetricLossMultiLabel
 
         return AsymmetricLossMultiLabel(gamma_neg=lcfg.gamma_neg, gamma_pos=lcfg.gamma_pos, clip=lcfg.clip)
-    raise ValueError(f"loss.name must be focal, bce, weighted_bce or asl, not '{name}'")
+    raise CxrltError(f"loss.name must be focal, bce, weighted_bce or asl, not '{name}'")
