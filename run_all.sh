@@ -32,3 +32,4 @@ if want 01; then echo "== 01 image cache"; $PY src/01_prepare_images.py --config
 if want 02; then echo "== 02 folds"; $PY src/02_make_folds.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
 # Training goes through accelerate, so `accelerate config` (GPUs, nodes, precision) is respected.
 if want 03; then echo "== 03 train"; $PY -m accelerate.commands.launch src/03_train.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
+if want 04; then echo "== 04 predict"; $PY -m accelerate.commands.launch src/04_predict.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi

@@ -8,6 +8,7 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 REALDATA = ROOT.parent / "shared" / "realdata" / "covid_sample"
+DEMO = ROOT / "experiments" / "demo.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,38 @@ def run_script(*args, cwd=ROOT):
     """Run a stage script; returns the CompletedProcess (text)."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture(scope="session")
+def base(tiny_root, tmp_path_factory):
+    """Overrides for tiny training runs: the tiny demo cached at 32 px, folds built, 3 short epochs."""
+    from cxrlt.config import load_config
+    from cxrlt.folds import build_folds
+    from cxrlt.images import prepare_dataset_cache
+
+    d = tmp_path_factory.mktemp("trainbase")
+    ov = [f"data.input_dir={tiny_root}", f"cache.dir={d / 'cache'}", "cache.size=32", f"folds.dir={d / 'folds'}",
+          "cache.workers=1", "train.epochs=3", "train.batch_size=16", "train.val_batch_size=16", "train.workers=0",
+          "train.ema_decay=0.9", "train.lr=3e-3", "train.log_every=1", "predict.workers=0", "predict.batch_size=16"]
+    cfg = load_config(DEMO, ov)
+    prepare_dataset_cache(cfg, progress=False)
+    build_folds(cfg)
+    return ov
+
+
+def cfg_at(base, out, *more):
+    from cxrlt.config import load_config
+
+    return load_config(DEMO, base + [f"output_dir={out}", *more])
+
+
+@pytest.fixture(scope="session")
+def trained(base, tmp_path_factory):
+    """All five folds of the tiny demo trained (2 epochs each) into one experiment folder."""
+    from cxrlt.train import train_fold
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = cfg_at(base, out, "train.epochs=2")
+    for k in range(5):
+        train_fold(cfg, k, progress=False)
+    return out

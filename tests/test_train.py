@@ -9,33 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import DEMO, ROOT, cfg_at
 from cxrlt.checkpoint import load
-from cxrlt.config import load_config
 from cxrlt.errors import CxrltError
-from cxrlt.folds import build_folds
-from cxrlt.images import prepare_dataset_cache
 from cxrlt.models import create_model
 from cxrlt.train import train_fold
 
-DEMO = ROOT / "experiments" / "demo.yaml"
 
 
-@pytest.fixture(scope="session")
-def base(tiny_root, tmp_path_factory):
-    """Overrides for tiny training runs: the tiny demo cached at 32 px, folds built, 3 short epochs."""
-    d = tmp_path_factory.mktemp("trainbase")
-    ov = [f"data.input_dir={tiny_root}", f"cache.dir={d / 'cache'}", "cache.size=32", f"folds.dir={d / 'folds'}",
-          "cache.workers=1", "train.epochs=3", "train.batch_size=16", "train.val_batch_size=16", "train.workers=0",
-          "train.ema_decay=0.9", "train.lr=3e-3", "train.log_every=1"]
-    cfg = load_config(DEMO, ov)
-    prepare_dataset_cache(cfg, progress=False)
-    build_folds(cfg)
-    return ov
-
-
-def cfg_at(base, out, *more):
-    return load_config(DEMO, base + [f"output_dir={out}", *more])
 
 
 def fold_ids(cfg, fold):

@@ -1,12 +1,14 @@
-"""Ranking metrics of the leaderboards: per-class scikit-learn scores averaged over classes.
+"""Leaderboard metrics: per-class scikit-learn scores averaged over classes (DESIGN.md section 5).
 
-A class with no positive (or no negative, for AUC) in the scored set has no defined score: it is
-left out of the mean and named in `skipped`.
+A class with no positive in the scored set has no AP: it is left out of every mean and named in
+`skipped`. Head / medium / tail groups come from training prevalence.
 """
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from .labels import prevalence_groups
 
 
 def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_negatives: bool = False):
@@ -22,11 +24,47 @@ def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_
     return out
 
 
+def f1_per_class(y, p, thresholds) -> np.ndarray:
+    y, p = np.asarray(y), np.asarray(p)
+    t = np.broadcast_to(np.asarray(thresholds, np.float64), (y.shape[1],))
+    out = np.full(y.shape[1], np.nan)
+    for c in range(y.shape[1]):
+        if y[:, c].sum() > 0:
+            out[c] = f1_score(y[:, c], p[:, c] >= t[c], zero_division=0.0)
+    return out
+
+
+def _nanmean(a) -> float:
+    a = np.asarray(a, np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
 def mean_ap(y, p, names=None) -> dict:
+    """mAP and mAUC (quick form used every epoch)."""
     ap = per_class(y, p)
     auc = per_class(y, p, roc_auc_score, need_negatives=True)
     names = list(names) if names is not None else [str(i) for i in range(len(ap))]
-    return dict(mAP=float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
-                mAUC=float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
-                ap=dict(zip(names, ap.tolist())),
+    return dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), ap=dict(zip(names, ap.tolist())),
                 skipped=[n for n, a in zip(names, ap) if not np.isfinite(a)])
+
+
+def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dict:
+    """Everything the report shows: mAP, mAUC, mF1 at 0.5 (and at given thresholds), group mAPs,
+    and a per-class table. Groups are by training prevalence."""
+    y = np.asarray(y)
+    ap = per_class(y, p)
+    auc = per_class(y, p, roc_auc_score, need_negatives=True)
+    f1 = f1_per_class(y, p, 0.5)
+    groups = prevalence_groups(train_positives, n_train)
+    out = dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), mF1=_nanmean(f1),
+               skipped=[n for n, a in zip(names, ap) if not np.isfinite(a)], n_images=int(len(y)))
+    out["groups"] = {g: _nanmean([a for a, gg in zip(ap, groups) if gg == g]) for g in ("head", "medium", "tail")}
+    if thresholds is not None:
+        ft = f1_per_class(y, p, thresholds)
+        out["mF1_tuned"] = _nanmean(ft)
+    out["per_class"] = {
+        n: dict(AP=None if np.isnan(ap[c]) else float(ap[c]), AUC=None if np.isnan(auc[c]) else float(auc[c]),
+                F1=None if np.isnan(f1[c]) else float(f1[c]), positives=int(y[:, c].sum()),
+                train_prevalence=float(train_positives[c] / n_train), group=groups[c])
+        for c, n in enumerate(names)}
+    return out

@@ -23,6 +23,7 @@ from .errors import CxrltError
 from .fileio import display_path, write_csv, write_text
 from .folds import folds_path, read_folds
 from .images import Cache
+from .inference import predict_loader
 from .loader import CxrDataset, make_loader, to_model_input
 from .losses import build_loss
 from .metrics import mean_ap
@@ -52,7 +53,7 @@ def training_data(cfg: Config):
     df = read_split(spec, "train", labels="required")
     fpath = folds_path(cfg, spec)
     if not fpath.is_file():
-        raise CxrltError(f"{display_path(fpath)}: no folds yet; run src/02_make_folds.py --config {cfg.recipe}")
+        raise CxrltError(f"{display_path(fpath)}: no folds yet; run src/02_make_folds.py --config {display_path(cfg.recipe)}")
     folds = read_folds(fpath, spec, df).set_index(spec.id_col).fold
     cache = Cache.from_config(cfg, spec.name)
     files = [cache.path(i) for i in df[spec.id_col]]
@@ -60,7 +61,7 @@ def training_data(cfg: Config):
     if missing:
         raise CxrltError(f"{len(missing)} of {len(files)} training images are not in the cache "
                          f"{display_path(cache.folder)} (e.g. {missing[0].name}); run src/01_prepare_images.py "
-                         f"--config {cfg.recipe}")
+                         f"--config {display_path(cfg.recipe)}")
     return spec, df, files, label_matrix(spec, df), folds.loc[df[spec.id_col]].to_numpy()
 
 
@@ -200,7 +201,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         train_loss = (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(seen, "sum")).item()
         img_s = accelerator.reduce(seen, "sum").item() / train_time
         eval_net = ema.module if ema is not None else model
-        logits, labels, idx = predict_loader(eval_net, val_loader, accelerator, mean, std, tcfg.channels_last)
+        logits, labels, idx, _ = predict_loader(eval_net, val_loader, accelerator, mean, std, tcfg.channels_last)
         val_loss = criterion(logits.to(accelerator.device), labels.to(accelerator.device)).item()
         probs = torch.sigmoid(logits).numpy()
         m = mean_ap(labels.numpy(), probs, names)
@@ -239,18 +240,3 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         write_text(done_file, json.dumps(summary))
     accelerator.wait_for_everyone()
     return dict(summary, dir=out)
-
-
-@torch.no_grad()
-def predict_loader(net, loader, accelerator, mean: float, std: float, channels_last: bool):
-    """Logits, labels and dataset indices, gathered from all processes, each image exactly once."""
-    net.eval()
-    outs, ys, ids = [], [], []
-    for x, target, i in loader:
-        with accelerator.autocast():
-            logits = net(to_model_input(x, mean, std, channels_last)).float()
-        logits, target, i = accelerator.gather_for_metrics((logits, target, i))
-        outs.append(logits.cpu())
-        ys.append(target.cpu())
-        ids.append(i.cpu())
-    return torch.cat(outs), torch.cat(ys), torch.cat(ids)

@@ -1,0 +1,25 @@
+"""Stage 04: out-of-fold, development and test predictions with flip-TTA and study aggregation,
+metrics.json and report plots. Through accelerate for several GPUs:
+
+    accelerate launch src/04_predict.py --config experiments/effv2s_768.yaml
+"""
+from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.fileio import display_path
+from cxrlt.predict import predict_experiment, summary_lines
+
+
+def main():
+    args = stage_parser(__doc__).parse_args()
+    cfg = config_from_args(args)
+    r = predict_experiment(cfg, force=args.force)
+    if "mAP" not in r:  # a non-main process
+        return
+    if r["skipped"]:
+        print(f"{display_path(r['dir'])}: predictions are up to date with the checkpoints; --force redoes them")
+    for line in summary_lines(r):
+        print(line)
+    print(f"wrote {display_path(r['dir'])}/: oof.csv, test.csv, metrics.json, per_class_ap.png, pr_rarest.png")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,188 @@
+"""Stage 04: out-of-fold, development and test predictions of a trained experiment, and its report.
+
+Each fold's best.pt predicts its own held-out images (OOF) and every development and test image,
+with and without horizontal-flip TTA from the same forward passes; test and development
+predictions are the mean over folds. Study aggregation (the view-weighted mean over a study's
+images) is applied when the recipe asks for it and the preset has a study column. Writes
+experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from .checkpoint import load
+from .config import Config, experiment_dir, save_resolved
+from .datasets import read_split, resolve_dataset
+from .errors import CxrltError
+from .fileio import display_path, write_text
+from .images import Cache
+from .inference import combine_tta, predict_loader
+from .loader import CxrDataset, make_loader
+from .metrics import evaluate
+from .models import create_model
+from .predictions import aggregate_studies, read_predictions, write_predictions
+from .train import _precision, check_fingerprint, fingerprint, fold_dir, training_data
+
+
+def _checkpoints(cfg: Config) -> dict:
+    """best.pt of every fold, or a one-line error naming the first fold without one."""
+    out = {}
+    for k in range(int(cfg.folds.k)):
+        p = fold_dir(cfg, k) / "best.pt"
+        if not p.is_file():
+            raise CxrltError(f"fold {k} has no checkpoint {display_path(p)}; train it with "
+                             f"src/03_train.py --config {display_path(cfg.recipe)} --fold {k}")
+        out[k] = p
+    return out
+
+
+def _stamp(paths: dict) -> dict:
+    return {str(k): [p.stat().st_size, p.stat().st_mtime_ns] for k, p in paths.items()}
+
+
+def _split_table(cfg, spec, split: str, cache: Cache):
+    """The development or test table and its cached files; None if the preset has no such CSV."""
+    path = spec.csv(split)
+    if path is None or not path.is_file():
+        return None
+    df = read_split(spec, split, labels="auto" if split == "dev" else "none")
+    files = [cache.path(i) for i in df[spec.id_col]]
+    missing = [i for i, f in zip(df[spec.id_col], files) if not f.is_file()]
+    if missing:
+        raise CxrltError(f"{display_path(path)}: {len(missing)} of {len(df)} ids have no cached image in "
+                         f"{display_path(cache.folder)} (e.g. '{missing[0]}'); run src/01_prepare_images.py "
+                         f"--config {display_path(cfg.recipe)}")
+    return df, files
+
+
+def _aggregate(cfg, spec, df, probs: np.ndarray) -> np.ndarray | None:
+    pc = cfg.predict
+    if not pc.study_aggregation or not spec.study_col or spec.study_col not in df.columns:
+        return None
+    views = df[spec.view_col] if spec.view_col and spec.view_col in df.columns else [None] * len(df)
+    return aggregate_studies(probs, df[spec.study_col], views, dict(pc.view_weights), float(pc.other_view_weight))
+
+
+def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    out = experiment_dir(cfg)
+    ckpts = _checkpoints(cfg)
+    fp = fingerprint(cfg, resolve_dataset(cfg.data))
+    for path in ckpts.values():  # a changed recipe is the likelier cause of any later mismatch
+        check_fingerprint(load(path)["fingerprint"], fp, path)
+    spec, train_df, files, y, fold_of = training_data(cfg)
+    names = list(spec.labels)
+    metrics_file = out / "metrics.json"
+    # up to date = same checkpoints, same input CSVs, same prediction settings
+    inputs = _stamp({**{f"fold{k}": p for k, p in ckpts.items()},
+                     **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
+    if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
+        old = json.loads(metrics_file.read_text())
+        if old.get("inputs") == inputs and old.get("settings") == _settings(cfg):
+            return dict(old, skipped=True, dir=out)
+    pc = cfg.predict
+    if pc.tta not in ("none", "hflip"):
+        raise CxrltError(f"predict.tta must be none or hflip, not '{pc.tta}'")
+    if pc.tta_mean not in ("prob", "logit"):
+        raise CxrltError(f"predict.tta_mean must be prob or logit, not '{pc.tta_mean}'")
+    accelerator = Accelerator(mixed_precision=_precision(pc))
+    cache = Cache.from_config(cfg, spec.name)
+    others = {s: t for s in ("dev", "test") if (t := _split_table(cfg, spec, s, cache)) is not None}
+    n_tr = len(train_df)
+    # logits of the plain and mirrored views: OOF rows filled fold by fold, dev/test summed over folds
+    oof = {v: np.zeros((n_tr, len(names))) for v in ("plain", "tta")}
+    sums = {s: {v: np.zeros((len(t[0]), len(names))) for v in ("plain", "tta")} for s, t in others.items()}
+    per_fold, t0 = {}, time.time()
+    hflip = pc.tta == "hflip"
+    bs, workers = int(pc.batch_size), int(pc.workers)
+    for k, path in tqdm(ckpts.items(), desc="folds", disable=not (progress and accelerator.is_main_process)):
+        ck = load(path)
+        net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
+        net.load_state_dict(ck["model"])
+        net = net.to(accelerator.device)
+        if cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        held = np.flatnonzero(fold_of == k)
+        jobs = {"oof": [files[i] for i in held], **{s: t[1] for s, t in others.items()}}
+        for job, job_files in jobs.items():
+            loader = accelerator.prepare(make_loader(CxrDataset(job_files), bs, workers, False))
+            logits, _, idx, flipped = predict_loader(net, loader, accelerator, ck["mean"], ck["std"],
+                                                     cfg.train.channels_last, hflip)
+            order = np.argsort(idx.numpy())
+            plain = torch.sigmoid(logits[order]).numpy()
+            tta = combine_tta(logits[order], flipped[order] if hflip else None, pc.tta_mean).numpy()
+            if job == "oof":
+                oof["plain"][held], oof["tta"][held] = plain, tta
+                per_fold[k] = evaluate(y[held], tta, names, y.sum(0), n_tr)["mAP"]
+            else:
+                sums[job]["plain"] += plain
+                sums[job]["tta"] += tta
+        accelerator.free_memory()
+    if not accelerator.is_main_process:
+        return dict(skipped=False, dir=out)
+
+    # variants: with/without TTA x image/study level; the recipe's choice is the final one
+    variants = {}
+    for name in ("plain", "tta") if hflip else ("plain",):
+        tag = "tta" if name == "tta" else "no_tta"
+        variants[f"{tag}/image"] = evaluate(y, oof[name], names, y.sum(0), n_tr)["mAP"]
+        p_study = _aggregate(cfg, spec, train_df, oof[name])
+        if p_study is not None:
+            variants[f"{tag}/study"] = evaluate(y, p_study, names, y.sum(0), n_tr)["mAP"]
+    key = "tta" if hflip else "plain"
+    study = _aggregate(cfg, spec, train_df, oof[key])
+    final = study if study is not None else oof[key]
+    final_key = ("tta" if hflip else "no_tta") + ("/study" if study is not None else "/image")
+    write_predictions(out / "oof.csv", train_df[spec.id_col], final, names, spec.id_col, fold=fold_of)
+    # score what was written (and check it reads back with the training ids, in order)
+    final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
+    result = evaluate(y, final, names, y.sum(0), n_tr)
+    result.update(variants=variants, final=final_key, per_fold=per_fold, settings=_settings(cfg),
+                  inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
+    written = {"oof": out / "oof.csv"}
+    for s, (df, _) in others.items():
+        probs = sums[s][key] / len(ckpts)
+        agg = _aggregate(cfg, spec, df, probs)
+        probs = agg if agg is not None else probs
+        name = "development.csv" if s == "dev" else "test.csv"
+        write_predictions(out / name, df[spec.id_col], probs, names, spec.id_col)
+        written[s] = out / name
+        if s == "dev" and all(c in df.columns for c in names):
+            result["development"] = {k: v for k, v in evaluate(df[names].to_numpy(), probs, names, y.sum(0), n_tr).items()
+                                     if k != "per_class"}
+    from .report import plot_per_class_ap, plot_pr_curves
+
+    plot_per_class_ap(result, out / "per_class_ap.png", title=f"{cfg.name}: OOF AP per class")
+    plot_pr_curves(y, final, names, y.sum(0), out / "pr_rarest.png", title=f"{cfg.name}: rarest classes (OOF)")
+    save_resolved(cfg, out / "predict_config.yaml")
+    write_text(metrics_file, json.dumps(result, indent=1))
+    return dict(result, skipped=False, dir=out, written=written)
+
+
+def _settings(cfg) -> dict:
+    pc = cfg.predict
+    return dict(tta=pc.tta, tta_mean=pc.tta_mean, study_aggregation=bool(pc.study_aggregation),
+                view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight))
+
+
+def summary_lines(r: dict) -> list[str]:
+    """A one-screen summary of metrics.json."""
+    lines = [f"OOF mAP {r['mAP']:.4f}  mAUC {r['mAUC']:.4f}  mF1@0.5 {r['mF1']:.4f}  ({r['final']}, {r['n_images']} images)",
+             "  variants: " + ", ".join(f"{k} {v:.4f}" for k, v in r["variants"].items()),
+             "  groups:   " + ", ".join(f"{g} {v:.4f}" for g, v in r["groups"].items()),
+             "  folds:    " + ", ".join(f"{k}: {v:.4f}" for k, v in r["per_fold"].items())]
+    if r.get("development"):
+        d = r["development"]
+        lines.append(f"  development: mAP {d['mAP']:.4f}  mAUC {d['mAUC']:.4f}  ({d['n_images']} images)")
+    pcs = sorted(((v["AP"], k) for k, v in r["per_class"].items() if v["AP"] is not None), reverse=True)
+    lines.append("  best:  " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[:4]))
+    lines.append("  worst: " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[-4:]))
+    if r["skipped"]:
+        lines.append(f"  no positive in the scored set (left out): {', '.join(r['skipped'])}")
+    return lines

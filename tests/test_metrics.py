@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from cxrlt.metrics import evaluate, mean_ap
+from cxrlt.predictions import aggregate_studies
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def random_case(seed=0, n=200):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 4)) < [0.3, 0.05, 0.0, 0.6]).astype(int)   # class c has no positive
+    p = np.clip(y * 0.3 + rng.random((n, 4)) * 0.7, 0, 1)
+    return y, p
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_equal_sklearn_and_skip_empty_classes(seed):
+    y, p = random_case(seed)
+    r = evaluate(y, p, NAMES, train_positives=np.array([300, 30, 5, 600]), n_train=1000)
+    keep = [0, 1, 3]
+    assert r["mAP"] == pytest.approx(np.mean([average_precision_score(y[:, c], p[:, c]) for c in keep]))
+    assert r["mAUC"] == pytest.approx(np.mean([roc_auc_score(y[:, c], p[:, c]) for c in keep]))
+    assert r["mF1"] == pytest.approx(np.mean([f1_score(y[:, c], p[:, c] >= 0.5) for c in keep]))
+    assert r["skipped"] == ["c"] and r["per_class"]["c"]["AP"] is None
+    assert mean_ap(y, p, NAMES)["mAP"] == pytest.approx(r["mAP"])
+
+
+def test_groups_by_training_prevalence():
+    y, p = random_case(3)
+    r = evaluate(y, p, NAMES, train_positives=np.array([300, 30, 5, 600]), n_train=1000)
+    ap = {n: r["per_class"][n]["AP"] for n in NAMES}
+    assert [r["per_class"][n]["group"] for n in NAMES] == ["head", "medium", "tail", "head"]
+    assert r["groups"]["head"] == pytest.approx((ap["a"] + ap["d"]) / 2)
+    assert r["groups"]["medium"] == pytest.approx(ap["b"])
+    assert np.isnan(r["groups"]["tail"])            # its only class has no positive here
+
+
+def test_crafted_perfect_and_tuned_thresholds():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = np.array([[0.9, 0.2], [0.1, 0.4], [0.8, 0.45], [0.2, 0.1]])
+    r = evaluate(y, p, ["x", "y"], np.array([50, 50]), 100, thresholds=[0.5, 0.3])
+    assert r["mAP"] == 1.0 and r["mAUC"] == 1.0
+    assert r["per_class"]["y"]["F1"] == 0.0 and r["mF1_tuned"] == 1.0
+
+
+def test_study_aggregation_is_view_weighted_and_shared():
+    p = np.array([[0.8, 0.0], [0.2, 1.0], [0.5, 0.5], [0.1, 0.3], [0.9, 0.9]])
+    studies = [1, 1, 2, 3, 3]
+    views = ["PA", "LATERAL", "AP", "AP", "SWIMMERS"]
+    out = aggregate_studies(p, studies, views, {"PA": 7, "AP": 7, "LATERAL": 3}, other=5)
+    assert np.allclose(out[0], [(7 * 0.8 + 3 * 0.2) / 10, (7 * 0 + 3 * 1) / 10]) and np.allclose(out[0], out[1])
+    assert np.allclose(out[2], p[2])                                     # a single-image study is unchanged
+    assert np.allclose(out[3], (7 * p[3] + 5 * p[4]) / 12) and np.allclose(out[3], out[4])

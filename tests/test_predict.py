@@ -1,0 +1,108 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cfg_at
+from cxrlt.checkpoint import load
+from cxrlt.config import Config
+from cxrlt.errors import CxrltError
+from cxrlt.images import read_cached
+from cxrlt.inference import combine_tta, predict_loader
+from cxrlt.labels import LABELS_2023
+from cxrlt.loader import CxrDataset, make_loader, to_model_input
+from cxrlt.metrics import per_class
+from cxrlt.models import create_model
+from cxrlt.predict import predict_experiment
+from cxrlt.train import training_data
+
+
+def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base, trained, tmp_path):
+    out = tmp_path / "exp"
+    shutil.copytree(trained, out)
+    cfg = cfg_at(base, out, "predict.tta=none", "predict.study_aggregation=false")
+    predict_experiment(cfg, progress=False)
+    spec, df, files, y, fold_of = training_data(cfg)
+    oof = pd.read_csv(out / "oof.csv", dtype={"dicom_id": str})
+    assert list(oof.dicom_id) == list(df.dicom_id) and oof.fold.tolist() == fold_of.tolist()
+    imgs = torch.stack([torch.from_numpy(read_cached(f))[None] for f in files])
+    preds = {}
+    for k in range(5):
+        ck = load(out / f"fold{k}" / "best.pt")
+        net = create_model(Config(dict(cfg.model, pretrained=False)), 26)
+        net.load_state_dict(ck["model"])
+        with torch.no_grad():
+            preds[k] = torch.sigmoid(net.eval()(to_model_input(imgs, ck["mean"], ck["std"], False))).numpy()
+    p = oof[LABELS_2023].to_numpy()
+    for k in range(5):
+        rows = fold_of == k
+        assert np.allclose(p[rows], preds[k][rows], atol=1e-5)                      # its own fold's model
+        assert not np.allclose(p[rows], preds[(k + 1) % 5][rows], atol=1e-3)        # not another's
+
+
+def test_demo_report_matches_sklearn_and_studies_share_rows(base, trained):
+    cfg = cfg_at(base, trained)
+    r = predict_experiment(cfg, progress=False)
+    spec, df, files, y, fold_of = training_data(cfg)
+    oof = pd.read_csv(trained / "oof.csv", dtype={"dicom_id": str})
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["mAP"] == pytest.approx(np.nanmean(per_class(y, oof[LABELS_2023].to_numpy())), abs=1e-12)
+    assert m["final"] == "tta/study" and set(m["variants"]) == {"no_tta/image", "no_tta/study", "tta/image", "tta/study"}
+    assert set(m["groups"]) == {"head", "medium", "tail"} and len(m["per_class"]) == 26
+    by_study = oof.assign(study=df.study_id.to_numpy()).groupby("study")[LABELS_2023].nunique()
+    assert by_study.max().max() == 1                                              # one row per study
+    test = pd.read_csv(spec.test_csv, dtype=str)
+    tp = pd.read_csv(trained / "test.csv", dtype={"dicom_id": str})
+    assert list(tp.dicom_id) == list(test.dicom_id) and tp[LABELS_2023].stack().between(0, 1).all()
+    assert (trained / "development.csv").is_file() and "development" in m
+    for png in ("per_class_ap.png", "pr_rarest.png"):
+        assert (trained / png).stat().st_size > 5000
+    assert predict_experiment(cfg, progress=False)["skipped"]                     # up to date: skipped
+    os.utime(spec.test_csv)                                                       # a newer test CSV
+    assert not predict_experiment(cfg, progress=False)["skipped"]
+
+
+def test_hflip_tta_leaves_a_symmetric_image_unchanged(tmp_path):
+    import cv2
+    from accelerate import Accelerator
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(6):
+        a = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        img = a if i % 2 else np.maximum(a, a[:, ::-1])          # even: left-right symmetric
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), img)
+    net = create_model(Config(name="test_resnet", pretrained=False, pretrained_path=None, require_pretrained=False,
+                              in_chans=1, drop_rate=0.0, drop_path_rate=0.0), 5)
+    acc = Accelerator(cpu=True)
+    loader = acc.prepare(make_loader(CxrDataset(files), 3, 0, False))
+    logits, _, idx, flipped = predict_loader(net, loader, acc, 0.5, 0.25, False, hflip=True)
+    plain, tta = combine_tta(logits, None), combine_tta(logits, flipped, "prob")
+    sym = (idx % 2 == 0).numpy()
+    assert torch.allclose(tta[sym], plain[sym], atol=1e-6)
+    assert not torch.allclose(tta[~sym], plain[~sym], atol=1e-4)
+    assert torch.allclose(combine_tta(logits, flipped, "logit")[sym], plain[sym], atol=1e-6)
+
+
+def test_bad_inputs_give_one_line_errors(base, trained, tmp_path, tiny_root):
+    partial = tmp_path / "partial"
+    shutil.copytree(trained, partial)
+    (partial / "fold1" / "best.pt").unlink()
+    with pytest.raises(CxrltError, match=r"^fold 1 has no checkpoint .*fold1/best.pt"):
+        predict_experiment(cfg_at(base, partial), progress=False)
+    with pytest.raises(CxrltError, match="recipe changed since this checkpoint .*image_size"):
+        predict_experiment(cfg_at(base, trained, "cache.size=48"), progress=False)
+    # a test CSV with an id that has no cached image
+    root = tmp_path / "input"
+    shutil.copytree(tiny_root / "demo", root / "demo")
+    test = pd.read_csv(root / "demo" / "test.csv", dtype=str)
+    test.loc[len(test)] = test.iloc[0].replace({test.dicom_id.iloc[0]: "not-in-cache"})
+    test.to_csv(root / "demo" / "test.csv", index=False)
+    with pytest.raises(CxrltError, match="1 of 41 ids have no cached image .*'not-in-cache'") as e:
+        predict_experiment(cfg_at(base, trained, f"data.input_dir={root}"), progress=False)
+    assert "\n" not in str(e.value)
