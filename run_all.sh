@@ -33,3 +33,5 @@ if want 02; then echo "== 02 folds"; $PY src/02_make_folds.py --config "$CONFIG"
 # Training goes through accelerate, so `accelerate config` (GPUs, nodes, precision) is respected.
 if want 03; then echo "== 03 train"; $PY -m accelerate.commands.launch src/03_train.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
 if want 04; then echo "== 04 predict"; $PY -m accelerate.commands.launch src/04_predict.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
+if want 06; then echo "== 06 thresholds"; $PY src/06_thresholds.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
+if want 07; then echo "== 07 submission"; $PY src/07_make_submission.py --config "$CONFIG" "${OVERRIDES[@]}"; fi

@@ -78,3 +78,8 @@ def save_figure(path: str | os.PathLike, fig) -> Path:
     out = write_atomic(path, lambda t: fig.savefig(t, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return out
+
+
+def stamps(paths: dict) -> dict:
+    """{key: [size, mtime_ns]} of files: what an "outputs are up to date" check compares."""
+    return {str(k): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for k, p in paths.items()}

@@ -18,7 +18,7 @@ from .checkpoint import load
 from .config import Config, experiment_dir, save_resolved
 from .datasets import read_split, resolve_dataset
 from .errors import CxrltError
-from .fileio import display_path, write_text
+from .fileio import display_path, stamps, write_text
 from .images import Cache
 from .inference import combine_tta, predict_loader
 from .loader import CxrDataset, make_loader
@@ -38,10 +38,6 @@ def _checkpoints(cfg: Config) -> dict:
                              f"src/03_train.py --config {display_path(cfg.recipe)} --fold {k}")
         out[k] = p
     return out
-
-
-def _stamp(paths: dict) -> dict:
-    return {str(k): [p.stat().st_size, p.stat().st_mtime_ns] for k, p in paths.items()}
 
 
 def _split_table(cfg, spec, split: str, cache: Cache):
@@ -80,7 +76,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     names = list(spec.labels)
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
-    inputs = _stamp({**{f"fold{k}": p for k, p in ckpts.items()},
+    inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
                      **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
         old = json.loads(metrics_file.read_text())

@@ -62,3 +62,19 @@ def plot_pr_curves(y, p, names, train_positives, path: str | Path, title: str = 
     ax.set_xlabel("recall"), ax.set_ylabel("precision"), ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7), ax.grid(alpha=0.3), ax.set_title(title)
     return save_figure(path, fig)
+
+
+def plot_f1(result: dict, path: str | Path, title: str = "") -> Path:
+    """Per-class F1 at 0.5, at fitted thresholds, and honestly (thresholds from the other folds)."""
+    import numpy as np
+
+    names = list(result["per_class"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.38 * len(names)), 4.2))
+    x = np.arange(len(names))
+    for i, (key, label) in enumerate((("F1_at_0_5", f"at 0.5 (mF1 {result['mF1_at_0_5']:.3f})"),
+                                      ("F1_tuned", f"tuned, fitted (mF1 {result['mF1_tuned']:.3f})"),
+                                      ("F1_honest", f"tuned, honest (mF1 {result['mF1_honest']:.3f})"))):
+        ax.bar(x + (i - 1) * 0.27, [result["per_class"][n][key] or 0 for n in names], 0.27, label=label)
+    ax.set_xticks(x, names, rotation=75, ha="right", fontsize=8)
+    ax.set_ylabel("F1"), ax.set_ylim(0, 1), ax.legend(fontsize=8), ax.grid(axis="y", alpha=0.3), ax.set_title(title)
+    return save_figure(path, fig)

@@ -1,0 +1,21 @@
+"""Stage 05: blend member experiments' OOF and test predictions (mean, rank or fitted weights)."""
+from cxrlt.blend import blend_experiment
+from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.fileio import display_path
+
+
+def main():
+    args = stage_parser(__doc__).parse_args()
+    cfg = config_from_args(args)
+    r = blend_experiment(cfg, force=args.force)
+    if r["skipped"]:
+        print(f"{display_path(r['dir'])}: blend is up to date with its members; --force redoes it")
+    for m, v in r["members"].items():
+        print(f"  member {m}: OOF mAP {v:.4f}, weight {r['weights'][m]:.3f}")
+    print(f"blend ({r['mode']}): OOF mAP {r['mAP']:.4f} (fitted), {r['mAP_honest']:.4f} (honest: weights from the "
+          f"other folds); mAUC {r['mAUC']:.4f}")
+    print(f"wrote {display_path(r['dir'])}/: oof.csv, test.csv, metrics.json, weights.json")
+
+
+if __name__ == "__main__":
+    run_stage(main)

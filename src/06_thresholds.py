@@ -1,0 +1,21 @@
+"""Stage 06: per-class F1-optimal thresholds from OOF predictions -> thresholds.json (+ calibration)."""
+from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.fileio import display_path
+from cxrlt.thresholds import tune_thresholds
+
+
+def main():
+    args = stage_parser(__doc__).parse_args()
+    cfg = config_from_args(args)
+    r = tune_thresholds(cfg, force=args.force)
+    if r["skipped"]:
+        print(f"{display_path(r['dir'])}/thresholds.json is up to date; --force redoes it")
+    print(f"mF1 at 0.5 {r['mF1_at_0_5']:.4f}; tuned {r['mF1_tuned']:.4f} (fitted on all OOF), "
+          f"{r['mF1_honest']:.4f} (honest: thresholds from the other folds)")
+    if r.get("temperatures"):
+        print(f"temperature scaling: ECE {r['ECE_before']:.4f} -> {r['ECE_after']:.4f}")
+    print(f"wrote {display_path(r['dir'])}/thresholds.json, f1_per_class.png")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,150 @@
+"""Stage 05: blend the OOF and test predictions of several experiments (folds x architectures).
+
+A blend recipe lists member experiments (`blend.members`). Their prediction CSVs must have the same
+ids in the same order (and the same folds); this is asserted, never assumed. Modes:
+`mean` (of probabilities), `rank` (per-class mean of normalised ranks: suits a ranking metric,
+but the result is no longer a probability), `fit` (non-negative weights summing to 1 that maximise
+OOF mAP). Fitted weights flatter themselves, so an honest figure is reported too: weights fitted on
+K-1 folds, scored on the held-out fold.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from .config import Config, experiment_dir, save_resolved
+from .datasets import label_matrix, read_split, resolve_dataset
+from .errors import CxrltError
+from .fileio import display_path, project_path, stamps, write_text
+from .metrics import evaluate, per_class
+from .predictions import read_predictions, write_predictions
+
+
+def member_dir(name: str) -> Path:
+    """A member is an experiment name (experiments/<name>/) or a path to an experiment folder."""
+    p = project_path(name)
+    return p if p.is_dir() and (p / "oof.csv").is_file() else project_path("experiments") / name
+
+
+def load_members(members, labels, id_col, split: str):
+    """{member: (N, C) array} of one split, after asserting every member has the same ids, order
+    (and, for OOF, the same folds). Returns (ids, folds or None, arrays)."""
+    frames = {}
+    for m in members:
+        path = member_dir(m) / {"oof": "oof.csv", "test": "test.csv", "dev": "development.csv"}[split]
+        if not path.is_file():
+            if split == "dev":
+                return None
+            raise CxrltError(f"blend member '{m}': {display_path(path)} not found; run src/04_predict.py for it")
+        frames[m] = read_predictions(path, labels, id_col)
+    first_name, first = next(iter(frames.items()))
+    for m, df in frames.items():
+        if list(df[id_col]) != list(first[id_col]):
+            raise CxrltError(f"blend members '{first_name}' and '{m}': {split} ids differ or are in another order")
+        if split == "oof" and not df["fold"].equals(first["fold"]):
+            raise CxrltError(f"blend members '{first_name}' and '{m}': OOF folds differ (made with other folds?)")
+    folds = first["fold"].to_numpy() if split == "oof" else None
+    return first[id_col].tolist(), folds, {m: df[list(labels)].to_numpy(np.float64) for m, df in frames.items()}
+
+
+def rank_normalise(p: np.ndarray) -> np.ndarray:
+    """Per-class ranks scaled to [0, 1] (ties share their mean rank)."""
+    n = len(p)
+    return (rankdata(p, axis=0) - 1) / max(n - 1, 1)
+
+
+def combine(arrays: list[np.ndarray], weights, mode: str) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    if mode == "rank":
+        arrays = [rank_normalise(a) for a in arrays]
+    return sum(wi * a for wi, a in zip(w, arrays)) / w.sum()
+
+
+def _map(y, p) -> float:
+    ap = per_class(y, p)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
+
+
+def fit_weights(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40) -> np.ndarray:
+    """Greedy forward selection with replacement (Caruana et al., 2004) maximising mAP.
+
+    Hand-written because scikit-learn has no ensemble selection over fixed predictions. It starts
+    from the best single member, so on the data it is fitted on it never scores below that member;
+    weights are counts / steps: non-negative, summing to 1.
+    """
+    scores = [_map(y, a) for a in arrays]
+    counts = np.zeros(len(arrays))
+    counts[int(np.argmax(scores))] = 1
+    total = arrays[int(np.argmax(scores))].copy()
+    best = max(scores)
+    for _ in range(steps - 1):
+        trial = [_map(y, (total + a) / (counts.sum() + 1)) for a in arrays]
+        j = int(np.argmax(trial))
+        if trial[j] < best - 1e-12:  # adding anything now hurts: stop
+            break
+        counts[j] += 1
+        total += arrays[j]
+        best = max(best, trial[j])
+    return counts / counts.sum()
+
+
+def blend_experiment(cfg: Config, force: bool = False) -> dict:
+    bc = cfg.blend
+    members = list(bc.members or [])
+    if len(members) < 1:
+        raise CxrltError("blend.members: list at least one experiment to blend")
+    if bc.mode not in ("mean", "rank", "fit"):
+        raise CxrltError(f"blend.mode must be mean, rank or fit, not '{bc.mode}'")
+    spec = resolve_dataset(cfg.data)
+    names, id_col = list(spec.labels), spec.id_col
+    out = experiment_dir(cfg)
+    train = read_split(spec, "train", labels="required")
+    ids, folds, oof = load_members(members, names, id_col, "oof")
+    if ids != train[id_col].tolist():
+        raise CxrltError(f"blend: the members' OOF ids are not the training CSV's ids in order")
+    inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in ("oof.csv", "test.csv", "development.csv")
+                     if (member_dir(m) / f).is_file()})
+    settings = dict(members=members, mode=bc.mode, fit_steps=int(bc.fit_steps))
+    if (out / "metrics.json").is_file() and not force:
+        old = json.loads((out / "metrics.json").read_text())
+        if old.get("inputs") == inputs and old.get("settings") == settings:
+            return dict(old, dir=out, skipped=True)
+    y = label_matrix(spec, train)
+    arrays = [oof[m] for m in members]
+    member_map = {m: _map(y, a) for m, a in oof.items()}
+    if bc.mode == "fit":
+        weights = fit_weights(y, arrays, int(bc.fit_steps))
+        honest = np.zeros_like(arrays[0])
+        honest_weights = {}
+        for f in np.unique(folds):
+            tr, te = folds != f, folds == f
+            w = fit_weights(y[tr], [a[tr] for a in arrays], int(bc.fit_steps))
+            honest[te] = combine([a[te] for a in arrays], w, "mean")
+            honest_weights[int(f)] = dict(zip(members, w.tolist()))
+        honest_map = _map(y, honest)
+    else:
+        weights = np.ones(len(members)) / len(members)
+        honest_map, honest_weights = None, None  # nothing was fitted: the OOF figure is already honest
+    mode = "rank" if bc.mode == "rank" else "mean"
+    blended = combine(arrays, weights, mode)
+    write_predictions(out / "oof.csv", ids, blended, names, id_col, fold=folds)
+    blended = read_predictions(out / "oof.csv", names, id_col, ids=ids)[names].to_numpy()
+    result = evaluate(y, blended, names, y.sum(0), len(y))
+    result.update(mode=bc.mode, members=member_map, weights=dict(zip(members, weights.tolist())),
+                  mAP_honest=honest_map if honest_map is not None else result["mAP"],
+                  honest_weights=honest_weights, inputs=inputs, settings=settings)
+    for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
+        loaded = load_members(members, names, id_col, split)
+        if loaded is None:
+            continue
+        s_ids, _, s_arr = loaded
+        write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), names, id_col)
+    save_resolved(cfg, out / "config.yaml")
+    write_text(out / "weights.json", json.dumps(dict(mode=bc.mode, weights=result["weights"],
+                                                       honest_weights=honest_weights), indent=1))
+    write_text(out / "metrics.json", json.dumps(result, indent=1))
+    return dict(result, dir=out, skipped=False)

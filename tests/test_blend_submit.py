@@ -1,0 +1,195 @@
+import io
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, cfg_at
+from cxrlt.blend import blend_experiment, combine, fit_weights
+from cxrlt.config import load_config
+from cxrlt.datasets import resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.labels import LABELS_2023, LABELS_2024_TASK2, LABELS_2026
+from cxrlt.metrics import per_class
+from cxrlt.submission import check_file, make_submission
+from cxrlt.thresholds import best_threshold, ece, fit_temperature, tune_thresholds
+
+
+def noisy(y, quality, rng):
+    return np.clip(y * quality + rng.random(y.shape) * (1 - quality), 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fitted_weights_never_below_the_best_member(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((300, 6)) < 0.2).astype(int)
+    members = [noisy(y, q, rng) for q in (0.1, 0.3, 0.2)]
+    w = fit_weights(y, members, steps=20)
+    assert np.all(w >= 0) and w.sum() == pytest.approx(1.0)
+    best = max(np.nanmean(per_class(y, m)) for m in members)
+    assert np.nanmean(per_class(y, combine(members, w, "mean"))) >= best - 1e-12
+
+
+def test_rank_blend_of_one_member_keeps_its_ranking():
+    p = np.random.default_rng(0).random((50, 3))
+    r = combine([p], [1.0], "rank")
+    assert np.array_equal(np.argsort(r, axis=0, kind="stable"), np.argsort(p, axis=0, kind="stable"))
+    assert r.min() == 0 and r.max() == 1
+
+
+def fake_member(cfg, out, quality, seed):
+    """An experiment folder with oof.csv (real fold column) and test.csv for the tiny demo."""
+    spec = resolve_dataset(cfg.data)
+    train = pd.read_csv(spec.train_csv, dtype={"dicom_id": str})
+    folds = pd.read_csv(f"{cfg.folds.dir}/demo_folds.csv", dtype={"dicom_id": str})
+    rng = np.random.default_rng(seed)
+    oof = pd.DataFrame(noisy(train[LABELS_2023].to_numpy(), quality, rng), columns=LABELS_2023)
+    oof.insert(0, "dicom_id", train.dicom_id)
+    oof["fold"] = folds.fold.to_numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    oof.to_csv(out / "oof.csv", index=False)
+    test = pd.read_csv(spec.test_csv, dtype={"dicom_id": str})
+    tp = pd.DataFrame(rng.random((len(test), 26)), columns=LABELS_2023)
+    tp.insert(0, "dicom_id", test.dicom_id)
+    tp.to_csv(out / "test.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps({"mAP": 0.5}))
+    return out
+
+
+def test_blend_stage(base, tmp_path):
+    cfg = cfg_at(base, tmp_path / "x")
+    a = fake_member(cfg, tmp_path / "a", 0.3, 1)
+    b = fake_member(cfg, tmp_path / "b", 0.2, 2)
+    bl = cfg_at(base, tmp_path / "blend", f"blend.members=[{a}, {b}]")
+    r = blend_experiment(bl)
+    assert r["mAP"] >= max(r["members"].values()) - 1e-12
+    assert set(r["weights"]) == {str(a), str(b)} and sum(r["weights"].values()) == pytest.approx(1)
+    assert 0 < r["mAP_honest"] <= 1 and len(r["honest_weights"]) == 5
+    m = json.loads((tmp_path / "blend" / "metrics.json").read_text())
+    oof = pd.read_csv(tmp_path / "blend" / "oof.csv")
+    y = pd.read_csv(resolve_dataset(bl.data).train_csv)[LABELS_2023].to_numpy()
+    assert m["mAP"] == pytest.approx(np.nanmean(per_class(y, oof[LABELS_2023].to_numpy())), abs=1e-12)
+    assert list(oof.columns) == ["dicom_id", *LABELS_2023, "fold"] and (tmp_path / "blend" / "test.csv").is_file()
+    assert blend_experiment(bl)["skipped"]
+    # members whose ids are in another order are refused
+    t = pd.read_csv(b / "oof.csv")
+    t.iloc[::-1].to_csv(b / "oof.csv", index=False)
+    with pytest.raises(CxrltError, match="ids differ or are in another order"):
+        blend_experiment(bl)
+
+
+def test_thresholds_beat_half_on_crafted_data(base, tmp_path):
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.05, 0.1, 0.3, 0.4, 0.2, 0.35])       # well ranked, all below 0.5
+    t = best_threshold(y, p)
+    assert t == pytest.approx(0.3) and ((p >= t) == y).all()
+    cfg = cfg_at(base, tmp_path / "e", "thresholds.temperature=true")
+    fake_member(cfg, tmp_path / "e", 0.35, 3)
+    r = tune_thresholds(cfg)
+    assert r["mF1_tuned"] > r["mF1_at_0_5"] and r["mF1_tuned"] >= r["mF1_honest"] - 1e-9
+    assert r["ECE_after"] <= r["ECE_before"] and (tmp_path / "e" / "f1_per_class.png").is_file()
+    assert set(json.loads((tmp_path / "e" / "thresholds.json").read_text())["thresholds"]) == set(LABELS_2023)
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-z))).astype(float)
+    over = 1 / (1 + np.exp(-3 * z))                        # overconfident by a factor 3
+    assert fit_temperature(y, over) == pytest.approx(3.0, rel=0.1)
+    assert ece(y, 1 / (1 + np.exp(-z))) < ece(y, over)
+
+
+@pytest.fixture
+def submitted(base, tmp_path):
+    cfg = cfg_at(base, tmp_path / "exp", f"submission.dir={tmp_path / 'subs'}")
+    fake_member(cfg, tmp_path / "exp", 0.3, 4)
+    return cfg, make_submission(cfg), tmp_path
+
+
+def test_submission_zip_round_trips_and_is_logged(submitted):
+    cfg, r, tmp = submitted
+    spec = resolve_dataset(cfg.data)
+    with zipfile.ZipFile(r["zip"]) as z:
+        assert z.namelist() == [r["csv"].name]
+        assert z.read(r["csv"].name) == r["csv"].read_bytes()          # byte for byte
+    sub = pd.read_csv(r["csv"], dtype={"dicom_id": str})
+    sample = pd.read_csv(spec.sample_submission, dtype={"dicom_id": str})
+    assert list(sub.dicom_id) == list(sample.dicom_id)                  # sample-submission order
+    log = pd.read_csv(tmp / "subs" / "log.csv")
+    assert log.sha256.iloc[-1] == r["sha256"] and log.oof_mAP.iloc[-1] == 0.5
+    assert check_file(cfg, r["zip"]) == len(sample)
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing", r"1 test ids are missing"),
+    ("duplicate", r"appears more than once"),
+    ("swap", r"columns are in the wrong order"),
+    ("nan", r"NaN or non-numeric value at row 4, column 'Edema'"),
+    ("big", r"value 1.2 at row 3, column 'Atelectasis' is outside \[0, 1\]"),
+])
+def test_check_refuses_each_fault_with_its_own_message(submitted, breakage, message):
+    cfg, r, tmp = submitted
+    df = pd.read_csv(r["csv"], dtype={"dicom_id": str})
+    if breakage == "missing":
+        df = df.drop(index=5)
+    elif breakage == "duplicate":
+        df.loc[3, "dicom_id"] = df.loc[4, "dicom_id"]
+    elif breakage == "swap":
+        cols = list(df.columns)
+        cols[1], cols[2] = cols[2], cols[1]
+        df = df[cols]
+    elif breakage == "nan":
+        df.loc[2, "Edema"] = np.nan
+    elif breakage == "big":
+        df.loc[1, "Atelectasis"] = 1.2
+    bad = tmp / f"{breakage}.csv"
+    df.to_csv(bad, index=False)
+    with pytest.raises(CxrltError, match=message):
+        check_file(cfg, bad)
+
+
+def test_check_cli_exit_codes(submitted):
+    cfg, r, tmp = submitted
+    df = pd.read_csv(r["csv"])
+    df.loc[0, "Edema"] = 1.2
+    df.to_csv(tmp / "bad.csv", index=False)
+    args = [sys.executable, "src/07_make_submission.py", "--config", cfg.recipe]
+    ov = [f"data.input_dir={cfg.data.input_dir}"]
+    ok = subprocess.run(args + ["--check", str(r["zip"]), *ov], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(args + ["--check", str(tmp / "bad.csv"), *ov], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "outside [0, 1]" in bad.stderr
+
+
+def test_binary_submission_uses_thresholds(submitted):
+    cfg, r, tmp = submitted
+    exp = tmp / "exp"
+    (exp / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.5 for c in LABELS_2023}}))
+    rb = make_submission(cfg, binary=True)
+    sub = pd.read_csv(rb["csv"])
+    assert set(np.unique(sub[LABELS_2023].to_numpy())) <= {0, 1} and rb["csv"].name.endswith("_binary.csv")
+
+
+@pytest.mark.parametrize("preset,labels,id_col", [("cxr-lt-2026", LABELS_2026, "ImageID"),
+                                                  ("cxr-lt-2024-task2", LABELS_2024_TASK2, "dicom_id")])
+def test_submission_for_other_presets(tmp_path, preset, labels, id_col):
+    spec = resolve_dataset(load_config(ROOT / "experiments" / "demo.yaml", [f"data.preset={preset}",
+                                                                             f"data.input_dir={tmp_path}"]).data)
+    ids = [f"img{i}.png" for i in range(7)]
+    spec.test_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({id_col: ids, spec.path_col if spec.path_col != id_col else "x": ids}).to_csv(spec.test_csv, index=False)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    p = pd.DataFrame(np.random.default_rng(0).random((7, len(labels))), columns=labels)
+    p.insert(0, id_col, ids[::-1])                                       # any row order in test.csv
+    p.to_csv(exp / "test.csv", index=False)
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", [f"data.preset={preset}", f"data.input_dir={tmp_path}",
+                                                           f"output_dir={exp}", f"submission.dir={tmp_path / 's'}"])
+    r = make_submission(cfg)
+    sub = pd.read_csv(r["csv"], dtype={id_col: str})
+    assert list(sub.columns) == [id_col, *labels] and list(sub[id_col]) == ids
