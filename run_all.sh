@@ -1,37 +1,87 @@
 #!/usr/bin/env bash
-# Runs the pipeline stage by stage. Each stage skips work whose outputs are complete.
-#   bash run_all.sh                      # demo data (generated if absent) through every stage
-#   bash run_all.sh --config experiments/x.yaml [--from 01] [--only 02] [--force] [key=value ...]
+# The whole pipeline, stage by stage; every stage skips work whose outputs are complete, so a
+# killed run is resumed by running the same command again.
+#
+#   bash run_all.sh                          # competition data under input/ if present, else the demo
+#   bash run_all.sh --recipes effv2s_768,convnext_768 --blend blend_768   # explicit recipes
+#   bash run_all.sh --from 04 | --only 02 | --force | key=value ...       # resume, one stage, redo, override
+#
+# Stages: 00 demo data, 01 image cache, 02 folds, 03 train, 04 predict, 05 blend, 06 thresholds,
+# 07 submission. Training and prediction go through `accelerate launch` when a GPU or an
+# accelerate config is present (so `accelerate config` decides GPUs, nodes and precision).
 set -euo pipefail
 cd "$(dirname "$0")"
 export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-python}
-CONFIG=experiments/demo.yaml FROM=00 ONLY= FORCE= OVERRIDES=()
+RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=()
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --config) CONFIG=$2; shift 2 ;;
+    --recipes) RECIPES=$2; shift 2 ;;
+    --blend) BLEND=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --force) FORCE=--force; shift ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *=*) OVERRIDES+=("$1"); shift ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+for s in "$FROM" ${ONLY:+"$ONLY"}; do
+  case "$s" in 0[0-7]) ;; *) echo "run_all.sh: stages are 00..07, not '$s'" >&2; exit 2 ;; esac
+done
 want() { if [ -n "$ONLY" ]; then [ "$1" = "$ONLY" ]; else [ "$1" \> "$FROM" ] || [ "$1" = "$FROM" ]; fi; }
 
-if want 00; then
-  if grep -qE '^\s*preset:\s*demo\s*$' "$CONFIG"; then
-    echo "== 00 demo data (recipe uses the synthetic demo)"
-    $PY src/00_make_demo_data.py $FORCE
+# Which data: the first competition release found under input/, else the synthetic demo.
+DEMO=0
+if [ -z "$RECIPES" ]; then
+  preset=""
+  for pair in cxr-lt-2023:cxr-lt-2023/train.csv cxr-lt-2024-task1:cxr-lt-2024/train_labeled.csv \
+              cxr-lt-2026:cxr-lt-2026/CXRLT_2026_training.csv; do
+    [ -f "input/${pair#*:}" ] && { preset=${pair%%:*}; break; }
+  done
+  if [ -n "$preset" ]; then
+    RECIPES=effv2s_768,convnext_768 BLEND=${BLEND:-blend_768}
+    printf '%s\n' "${OVERRIDES[@]:-}" | grep -q '^data.preset=' || OVERRIDES+=("data.preset=$preset")
+    echo "competition data found (input/, preset $preset): recipes $RECIPES, blend $BLEND"
   else
-    echo "== 00 skipped: $CONFIG uses competition data from input/"
+    RECIPES=demo,demo_effnet BLEND=${BLEND:-demo_blend}
+    echo "no competition data under input/ (see input/README.md): running the synthetic demo"
   fi
 fi
-if want 01; then echo "== 01 image cache"; $PY src/01_prepare_images.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
-if want 02; then echo "== 02 folds"; $PY src/02_make_folds.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
-# Training goes through accelerate, so `accelerate config` (GPUs, nodes, precision) is respected.
-if want 03; then echo "== 03 train"; $PY -m accelerate.commands.launch src/03_train.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
-if want 04; then echo "== 04 predict"; $PY -m accelerate.commands.launch src/04_predict.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
-if want 06; then echo "== 06 thresholds"; $PY src/06_thresholds.py --config "$CONFIG" $FORCE "${OVERRIDES[@]}"; fi
-if want 07; then echo "== 07 submission"; $PY src/07_make_submission.py --config "$CONFIG" "${OVERRIDES[@]}"; fi
+IFS=, read -r -a RLIST <<< "$RECIPES"
+for r in "${RLIST[@]}"; do  # stage 00 is needed when a recipe uses the demo preset
+  [ -f "experiments/$r.yaml" ] || { echo "run_all.sh: no recipe experiments/$r.yaml" >&2; exit 2; }
+  p=$(PYTHONPATH=src $PY -c "from cxrlt.config import load_config as l; import sys; print(l(sys.argv[1], sys.argv[2:]).data.preset)" \
+      "experiments/$r.yaml" "${OVERRIDES[@]}") || exit 2
+  [ "$p" = demo ] && DEMO=1
+done
+if [ -n "${LAUNCH:-}" ]; then :
+elif $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+     || [ -f "${HF_HOME:-$HOME/.cache/huggingface}/accelerate/default_config.yaml" ]; then
+  LAUNCH="$PY -m accelerate.commands.launch"
+else
+  LAUNCH=$PY   # one CPU process: no launcher needed
+fi
+t0=$(date +%s)
+stage() { echo; echo "== $1 ($(( $(date +%s) - t0 )) s)"; }
+run() { "$@" "${OVERRIDES[@]}"; }
+
+# DEMO_ARGS: options of src/00_make_demo_data.py, e.g. "--n-train 1000" for a smaller demo
+if want 00 && [ "$DEMO" = 1 ]; then stage "00 demo data"; $PY src/00_make_demo_data.py ${DEMO_ARGS:-} $FORCE; fi
+for r in "${RLIST[@]}"; do
+  cfg=experiments/$r.yaml
+  if want 01; then stage "01 image cache [$r]"; run $PY src/01_prepare_images.py --config "$cfg" $FORCE; fi
+  if want 02; then stage "02 folds [$r]"; run $PY src/02_make_folds.py --config "$cfg" $FORCE; fi
+  if want 03; then stage "03 train [$r]"; run $LAUNCH src/03_train.py --config "$cfg" $FORCE; fi
+  if want 04; then stage "04 predict [$r]"; run $LAUNCH src/04_predict.py --config "$cfg" $FORCE; fi
+done
+FINAL=${BLEND:-${RLIST[0]}}
+if [ -n "$BLEND" ] && want 05; then
+  stage "05 blend [$BLEND]"; run $PY src/05_blend.py --config "experiments/$BLEND.yaml" $FORCE "blend.members=[$RECIPES]"
+fi
+if want 06; then stage "06 thresholds [$FINAL]"; run $PY src/06_thresholds.py --config "experiments/$FINAL.yaml" $FORCE; fi
+if want 07; then stage "07 submission [$FINAL]"; run $PY src/07_make_submission.py --config "experiments/$FINAL.yaml"; fi
+stage "summary"
+PYTHONPATH=src $PY -m cxrlt.summary --recipes "$RECIPES" --final "$FINAL"
+echo "total $(( $(date +%s) - t0 )) s"

@@ -27,7 +27,7 @@ def tiny_cfg(tiny_root, tmp_path):
     from cxrlt.config import load_config
 
     return load_config(ROOT / "experiments" / "demo.yaml", [
-        f"data.input_dir={tiny_root}", f"cache.dir={tmp_path / 'cache'}", "cache.size=64",
+        f"data.input_dir={tiny_root}", f"cache.dir={tmp_path / 'cache'}", "cache.size=64", "folds.k=5",
         f"folds.dir={tmp_path / 'folds'}", "cache.workers=1"])
 
 
@@ -47,7 +47,7 @@ def base(tiny_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("trainbase")
     ov = [f"data.input_dir={tiny_root}", f"cache.dir={d / 'cache'}", "cache.size=32", f"folds.dir={d / 'folds'}",
           "cache.workers=1", "train.epochs=3", "train.batch_size=16", "train.val_batch_size=16", "train.workers=0",
-          "train.ema_decay=0.9", "train.lr=3e-3", "train.log_every=1", "predict.workers=0", "predict.batch_size=16"]
+          "train.ema_decay=0.9", "train.lr=3e-3", "train.log_every=1", "predict.workers=0", "predict.batch_size=16", "folds.k=5"]
     cfg = load_config(DEMO, ov)
     prepare_dataset_cache(cfg, progress=False)
     build_folds(cfg)

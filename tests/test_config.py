@@ -14,7 +14,7 @@ def test_demo_recipe_resolves_with_defaults():
     assert cfg.data.preset == "demo"
     assert cfg.cache.size == 128           # from the recipe
     assert cfg.cache.resize == "stretch"   # from defaults.yaml
-    assert cfg.folds.k == 5
+    assert cfg.folds.k == 3
 
 
 def test_overrides_nested_and_typed():
@@ -44,7 +44,7 @@ def test_base_inheritance_and_resolved_copy(tmp_path):
     assert cfg.name == "child" and cfg.cache.size == 320 and cfg.data.preset == "demo"
     out = save_resolved(cfg, tmp_path / "out" / "config.yaml")
     back = yaml.safe_load(out.read_text())
-    assert back["cache"]["size"] == 320 and back["folds"]["k"] == 5 and back["name"] == "child"
+    assert back["cache"]["size"] == 320 and back["folds"]["k"] == 3 and back["name"] == "child"
 
 
 def test_missing_and_invalid_recipe(tmp_path):

@@ -54,3 +54,22 @@ def test_stage_script_prints_table(tiny_root, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Atelectasis" in r.stdout and "wrote" in r.stdout and (tmp_path / "demo_folds.csv").is_file()
     assert np.all(pd.read_csv(tmp_path / "demo_folds.csv").fold.between(0, 4))
+
+
+def test_existing_folds_must_match_the_recipe(tiny_cfg):
+    import pytest
+
+    from cxrlt.config import load_config
+    from cxrlt.errors import CxrltError
+
+    build_folds(tiny_cfg)
+    with pytest.raises(CxrltError, match=r"has folds \[0, 1, 2, 3, 4\], the recipe says folds.k=3"):
+        build_folds(load_config(tiny_cfg.recipe, [*_overrides(tiny_cfg), "folds.k=3"]))
+    with pytest.raises(CxrltError, match="made with folds.seed=42, the recipe says 7"):
+        build_folds(load_config(tiny_cfg.recipe, [*_overrides(tiny_cfg), "folds.seed=7"]))
+    assert not build_folds(load_config(tiny_cfg.recipe, [*_overrides(tiny_cfg), "folds.k=3"]), force=True)["skipped"]
+
+
+def _overrides(cfg):
+    return [f"data.input_dir={cfg.data.input_dir}", f"cache.dir={cfg.cache.dir}", f"folds.dir={cfg.folds.dir}",
+            f"cache.size={cfg.cache.size}", f"folds.k={cfg.folds.k}"]

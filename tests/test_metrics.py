@@ -23,7 +23,7 @@ def test_metrics_equal_sklearn_and_skip_empty_classes(seed):
     assert r["mAP"] == pytest.approx(np.mean([average_precision_score(y[:, c], p[:, c]) for c in keep]))
     assert r["mAUC"] == pytest.approx(np.mean([roc_auc_score(y[:, c], p[:, c]) for c in keep]))
     assert r["mF1"] == pytest.approx(np.mean([f1_score(y[:, c], p[:, c] >= 0.5) for c in keep]))
-    assert r["skipped"] == ["c"] and r["per_class"]["c"]["AP"] is None
+    assert r["left_out"] == ["c"] and r["per_class"]["c"]["AP"] is None
     assert mean_ap(y, p, NAMES)["mAP"] == pytest.approx(r["mAP"])
 
 

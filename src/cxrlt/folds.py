@@ -93,14 +93,22 @@ def build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
     from .config import save_resolved
     from .datasets import read_split, resolve_dataset
-    from .fileio import write_csv
+    from .fileio import display_path, write_csv
 
     spec = resolve_dataset(cfg.data)
     df = read_split(spec, "train", labels="required")
     path = folds_path(cfg, spec)
     skipped = False
     if path.is_file() and not force:
-        folds = read_folds(path, spec, df)
+        folds = read_folds(path, spec, df, k=int(cfg.folds.k))
+        made = path.with_suffix(".yaml")
+        if made.is_file():
+            import yaml
+
+            seed = (yaml.safe_load(made.read_text()) or {}).get("folds", {}).get("seed")
+            if seed is not None and int(seed) != int(cfg.folds.seed):
+                raise CxrltError(f"{display_path(path)}: made with folds.seed={seed}, the recipe says "
+                                 f"{cfg.folds.seed}; rebuild with src/02_make_folds.py --force")
         skipped = True
     else:
         folds = make_folds(df, spec, int(cfg.folds.k), int(cfg.folds.seed))
@@ -115,8 +123,8 @@ def build_folds(cfg, force: bool = False) -> dict:
                 n_images=len(df), n_patients=df[spec.patient_col].nunique())
 
 
-def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Read a folds CSV; when df is given, check it covers exactly df's ids (else rebuild is needed)."""
+def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None, k: int | None = None) -> pd.DataFrame:
+    """Read a folds CSV; check it covers exactly df's ids and has folds 0..k-1 (else rebuild is needed)."""
     from .fileio import display_path
 
     folds = pd.read_csv(path, dtype={spec.id_col: str})
@@ -124,5 +132,9 @@ def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None) -> pd.Da
         raise CxrltError(f"{display_path(path)}: expected columns '{spec.id_col}', 'fold'")
     if df is not None and set(folds[spec.id_col]) != set(df[spec.id_col]):
         raise CxrltError(f"{display_path(path)}: its ids differ from the training CSV's; "
+                         f"rebuild with src/02_make_folds.py --force")
+    present = sorted(int(f) for f in folds.fold.unique())
+    if k is not None and present != list(range(k)):
+        raise CxrltError(f"{display_path(path)}: has folds {present}, the recipe says folds.k={k}; "
                          f"rebuild with src/02_make_folds.py --force")
     return folds

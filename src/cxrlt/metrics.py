@@ -1,7 +1,7 @@
 """Leaderboard metrics: per-class scikit-learn scores averaged over classes (DESIGN.md section 5).
 
 A class with no positive in the scored set has no AP: it is left out of every mean and named in
-`skipped`. Head / medium / tail groups come from training prevalence.
+`left_out`. Head / medium / tail groups come from training prevalence.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def mean_ap(y, p, names=None) -> dict:
     auc = per_class(y, p, roc_auc_score, need_negatives=True)
     names = list(names) if names is not None else [str(i) for i in range(len(ap))]
     return dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), ap=dict(zip(names, ap.tolist())),
-                skipped=[n for n, a in zip(names, ap) if not np.isfinite(a)])
+                left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)])
 
 
 def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dict:
@@ -57,7 +57,7 @@ def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dic
     f1 = f1_per_class(y, p, 0.5)
     groups = prevalence_groups(train_positives, n_train)
     out = dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), mF1=_nanmean(f1),
-               skipped=[n for n, a in zip(names, ap) if not np.isfinite(a)], n_images=int(len(y)))
+               left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)], n_images=int(len(y)))
     out["groups"] = {g: _nanmean([a for a, gg in zip(ap, groups) if gg == g]) for g in ("head", "medium", "tail")}
     if thresholds is not None:
         ft = f1_per_class(y, p, thresholds)

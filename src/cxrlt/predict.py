@@ -179,6 +179,6 @@ def summary_lines(r: dict) -> list[str]:
     pcs = sorted(((v["AP"], k) for k, v in r["per_class"].items() if v["AP"] is not None), reverse=True)
     lines.append("  best:  " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[:4]))
     lines.append("  worst: " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[-4:]))
-    if r["skipped"]:
-        lines.append(f"  no positive in the scored set (left out): {', '.join(r['skipped'])}")
+    if r["left_out"]:
+        lines.append(f"  no positive in the scored set (left out): {', '.join(r['left_out'])}")
     return lines

@@ -54,7 +54,7 @@ def training_data(cfg: Config):
     fpath = folds_path(cfg, spec)
     if not fpath.is_file():
         raise CxrltError(f"{display_path(fpath)}: no folds yet; run src/02_make_folds.py --config {display_path(cfg.recipe)}")
-    folds = read_folds(fpath, spec, df).set_index(spec.id_col).fold
+    folds = read_folds(fpath, spec, df, k=int(cfg.folds.k)).set_index(spec.id_col).fold
     cache = Cache.from_config(cfg, spec.name)
     files = [cache.path(i) for i in df[spec.id_col]]
     missing = [f for f in files if not f.is_file()]
@@ -66,7 +66,7 @@ def training_data(cfg: Config):
 
 
 def _precision(tcfg) -> str:
-    p = str(tcfg.precision)
+    p = "no" if tcfg.precision in (False, None) else str(tcfg.precision)  # YAML 1.1 reads a bare `no` as false
     if p not in ("no", "fp16", "bf16"):
         raise CxrltError(f"train.precision must be no, fp16 or bf16, not '{p}'")
     if p != "no" and not torch.cuda.is_available():

@@ -1,0 +1,42 @@
+"""The closing summary of run_all.sh: each experiment's OOF mAP, the blend's (fitted and honest),
+mF1 at 0.5 and tuned, and the newest submission."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from .fileio import display_path, project_path
+
+
+def _load(path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--recipes", required=True, help="comma-separated experiment names")
+    p.add_argument("--final", required=True, help="the experiment or blend that was submitted")
+    a = p.parse_args(argv)
+    exp = project_path("experiments")
+    for name in a.recipes.split(","):
+        m = _load(exp / name / "metrics.json")
+        print(f"{name:>24s}: OOF mAP {m['mAP']:.4f}  mAUC {m['mAUC']:.4f}  (head {m['groups']['head']:.3f}, "
+              f"medium {m['groups']['medium']:.3f}, tail {m['groups']['tail']:.3f})" if m else f"{name:>24s}: no metrics yet")
+    m = _load(exp / a.final / "metrics.json")
+    if m and "mAP_honest" in m:
+        print(f"{a.final:>24s}: OOF mAP {m['mAP']:.4f} fitted, {m['mAP_honest']:.4f} honest; weights "
+              + ", ".join(f"{k} {v:.2f}" for k, v in m["weights"].items()))
+    t = _load(exp / a.final / "thresholds.json")
+    if t:
+        print(f"{'mF1':>24s}: {t['mF1_at_0_5']:.4f} at 0.5, {t['mF1_tuned']:.4f} tuned (fitted), "
+              f"{t['mF1_honest']:.4f} tuned (honest)")
+    log = project_path("submissions") / "log.csv"
+    if log.is_file():
+        last = pd.read_csv(log).iloc[-1]
+        print(f"{'submission':>24s}: {display_path(project_path('submissions') / last.file)} (sha256 {last.sha256[:12]}...)")
+
+
+if __name__ == "__main__":
+    main()

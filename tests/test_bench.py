@@ -1,0 +1,21 @@
+"""Both benchmarks run end to end on CPU at a tiny size (a smoke test of the scripts, not a timing)."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SMALL = ["--model", "test_resnet", "--size", "32", "--batch-size", "8", "--workers", "1", "--steps", "4",
+         "--warmup", "1", "--precision", "no", "--images", "80", "--recipe", "experiments/demo.yaml"]
+
+
+@pytest.mark.parametrize("script,ratio", [("bench/train_throughput.py", r"ratio real / bare .*: (\d+\.\d+)"),
+                                          ("bench/infer_throughput.py", r"ratio real / \(bare / 2\): (\d+\.\d+)")])
+def test_bench_runs_on_cpu(script, ratio):
+    r = subprocess.run([sys.executable, script, *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(ratio, r.stdout)
+    assert m and float(m.group(1)) > 0, r.stdout
+    assert "device: CPU" in r.stdout
