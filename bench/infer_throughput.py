@@ -18,9 +18,9 @@ def main():
     from cxrlt.inference import predict_loader
     from cxrlt.loader import CxrDataset, make_loader, to_model_input
     from cxrlt.models import create_model
-    from cxrlt.train import _precision, training_data
+    from cxrlt.train import precision_mode, training_data
 
-    acc = Accelerator(mixed_precision=_precision(cfg.predict))
+    acc = Accelerator(mixed_precision=precision_mode(cfg.predict))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last).eval()
     if args.compile:
         net = torch.compile(net)

@@ -19,9 +19,9 @@ def bare_rate(cfg, args, compile_model: bool) -> float:
     from cxrlt.loader import to_model_input
     from cxrlt.losses import build_loss
     from cxrlt.models import create_model
-    from cxrlt.train import _precision
+    from cxrlt.train import precision_mode
 
-    acc = Accelerator(mixed_precision=_precision(cfg.train))
+    acc = Accelerator(mixed_precision=precision_mode(cfg.train))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     model, opt = acc.prepare(net, opt)

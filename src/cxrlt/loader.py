@@ -55,7 +55,7 @@ class CxrDataset(Dataset):
             j = self._other(i)
             lam = np.random.default_rng(rng.getrandbits(32)).beta(a.mixup_alpha, a.mixup_alpha)
             other = read_cached(self.files[j])
-            img = blend(img, other, lam)
+            img = mix_pixels(img, other, lam)
             return img, combine_labels(self.labels[[i, j]], self.normal, self.allowed)
         if a.cutmix and rng.random() < a.cutmix:
             j = self._other(i)
@@ -75,7 +75,7 @@ class CxrDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(img))[None], torch.as_tensor(y, dtype=torch.float32), i
 
 
-def blend(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+def mix_pixels(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
     return np.clip(a.astype(np.float32) * lam + b.astype(np.float32) * (1 - lam), 0, 255).astype(np.uint8)
 
 

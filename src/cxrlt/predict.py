@@ -25,7 +25,7 @@ from .loader import CxrDataset, make_loader
 from .metrics import evaluate
 from .models import create_model
 from .predictions import aggregate_studies, read_predictions, write_predictions
-from .train import _precision, check_fingerprint, fingerprint, fold_dir, training_data
+from .train import precision_mode, check_fingerprint, fingerprint, fold_dir, training_data
 
 
 def _checkpoints(cfg: Config) -> dict:
@@ -70,8 +70,9 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     out = experiment_dir(cfg)
     ckpts = _checkpoints(cfg)
     fp = fingerprint(cfg, resolve_dataset(cfg.data))
-    for path in ckpts.values():  # a changed recipe is the likelier cause of any later mismatch
-        check_fingerprint(load(path)["fingerprint"], fp, path)
+    loaded = {k: load(path) for k, path in ckpts.items()}
+    for k, path in ckpts.items():  # a changed recipe is the likelier cause of any later mismatch
+        check_fingerprint(loaded[k]["fingerprint"], fp, path)
     spec, train_df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
     metrics_file = out / "metrics.json"
@@ -87,7 +88,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
         raise CxrltError(f"predict.tta must be none or hflip, not '{pc.tta}'")
     if pc.tta_mean not in ("prob", "logit"):
         raise CxrltError(f"predict.tta_mean must be prob or logit, not '{pc.tta_mean}'")
-    accelerator = Accelerator(mixed_precision=_precision(pc))
+    accelerator = Accelerator(mixed_precision=precision_mode(pc))
     cache = Cache.from_config(cfg, spec.name)
     others = {s: t for s in ("dev", "test") if (t := _split_table(cfg, spec, s, cache)) is not None}
     n_tr = len(train_df)
@@ -98,7 +99,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     hflip = pc.tta == "hflip"
     bs, workers = int(pc.batch_size), int(pc.workers)
     for k, path in tqdm(ckpts.items(), desc="folds", disable=not (progress and accelerator.is_main_process)):
-        ck = load(path)
+        ck = loaded[k]
         net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
         net.load_state_dict(ck["model"])
         net = net.to(accelerator.device)

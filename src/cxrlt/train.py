@@ -65,7 +65,7 @@ def training_data(cfg: Config):
     return spec, df, files, label_matrix(spec, df), folds.loc[df[spec.id_col]].to_numpy()
 
 
-def _precision(tcfg) -> str:
+def precision_mode(tcfg) -> str:
     p = "no" if tcfg.precision in (False, None) else str(tcfg.precision)  # YAML 1.1 reads a bare `no` as false
     if p not in ("no", "fp16", "bf16"):
         raise CxrltError(f"train.precision must be no, fp16 or bf16, not '{p}'")
@@ -97,7 +97,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
     out = fold_dir(cfg, fold)
     done_file = out / "done.json"
-    accelerator = Accelerator(mixed_precision=_precision(tcfg), gradient_accumulation_steps=int(tcfg.grad_accum),
+    accelerator = Accelerator(mixed_precision=precision_mode(tcfg), gradient_accumulation_steps=int(tcfg.grad_accum),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     main = accelerator.is_main_process
     if done_file.is_file() and not force:
