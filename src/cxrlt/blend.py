@@ -20,7 +20,7 @@ from .config import Config, experiment_dir, save_resolved
 from .datasets import label_matrix, read_split, resolve_dataset
 from .errors import CxrltError
 from .fileio import display_path, project_path, stamps, write_text
-from .metrics import evaluate, per_class
+from .metrics import evaluate, map_score
 from .predictions import read_predictions, write_predictions
 
 
@@ -65,8 +65,7 @@ def combine(arrays: list[np.ndarray], weights, mode: str) -> np.ndarray:
 
 
 def _map(y, p) -> float:
-    ap = per_class(y, p)
-    return float(np.nanmean(ap)) if np.isfinite(ap).any() else 0.0
+    return map_score(y, p, empty=0.0)
 
 
 def fit_weights(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40) -> np.ndarray:

@@ -106,6 +106,20 @@ class Cache:
     def path(self, image_id: str) -> Path:
         return self.folder / (safe_name(image_id) + FORMATS[self.format])
 
+    def require(self, ids, source, recipe) -> list[Path]:
+        """The cached files of ids, or a one-line error naming how many (and one) are not cached."""
+        from .errors import CxrltError
+        from .fileio import display_path
+
+        ids = list(ids)
+        files = [self.path(i) for i in ids]
+        missing = [i for i, f in zip(ids, files) if not f.is_file()]
+        if missing:
+            raise CxrltError(f"{display_path(source)}: {len(missing)} of {len(ids)} ids have no cached image in "
+                             f"{display_path(self.folder)} (e.g. '{missing[0]}'); run src/01_prepare_images.py "
+                             f"--config {display_path(recipe)}")
+        return files
+
 
 def _cache_one(job):
     image_id, src, dst, size, resize, fmt = job

@@ -24,6 +24,12 @@ def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_
     return out
 
 
+def map_score(y, p, empty: float = float("nan")) -> float:
+    """mAP alone (AP per class with a positive, averaged); `empty` when no class has a positive."""
+    ap = per_class(y, p)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else empty
+
+
 def f1_per_class(y, p, thresholds) -> np.ndarray:
     y, p = np.asarray(y), np.asarray(p)
     t = np.broadcast_to(np.asarray(thresholds, np.float64), (y.shape[1],))

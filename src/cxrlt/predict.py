@@ -22,7 +22,7 @@ from .fileio import display_path, stamps, write_text
 from .images import Cache
 from .inference import combine_tta, predict_loader
 from .loader import CxrDataset, make_loader
-from .metrics import evaluate
+from .metrics import evaluate, map_score
 from .models import create_model
 from .predictions import aggregate_studies, read_predictions, write_predictions
 from .train import precision_mode, check_fingerprint, fingerprint, fold_dir, training_data
@@ -46,13 +46,7 @@ def _split_table(cfg, spec, split: str, cache: Cache):
     if path is None or not path.is_file():
         return None
     df = read_split(spec, split, labels="auto" if split == "dev" else "none")
-    files = [cache.path(i) for i in df[spec.id_col]]
-    missing = [i for i, f in zip(df[spec.id_col], files) if not f.is_file()]
-    if missing:
-        raise CxrltError(f"{display_path(path)}: {len(missing)} of {len(df)} ids have no cached image in "
-                         f"{display_path(cache.folder)} (e.g. '{missing[0]}'); run src/01_prepare_images.py "
-                         f"--config {display_path(cfg.recipe)}")
-    return df, files
+    return df, cache.require(df[spec.id_col], path, cfg.recipe)
 
 
 def _aggregate(cfg, spec, df, probs: np.ndarray) -> np.ndarray | None:
@@ -69,12 +63,11 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
 
     out = experiment_dir(cfg)
     ckpts = _checkpoints(cfg)
-    fp = fingerprint(cfg, resolve_dataset(cfg.data))
+    spec = resolve_dataset(cfg.data)
+    fp = fingerprint(cfg, spec)
     loaded = {k: load(path) for k, path in ckpts.items()}
     for k, path in ckpts.items():  # a changed recipe is the likelier cause of any later mismatch
         check_fingerprint(loaded[k]["fingerprint"], fp, path)
-    spec, train_df, files, y, fold_of = training_data(cfg)
-    names = list(spec.labels)
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
@@ -83,6 +76,8 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
         old = json.loads(metrics_file.read_text())
         if old.get("inputs") == inputs and old.get("settings") == _settings(cfg):
             return dict(old, skipped=True, dir=out)
+    spec, train_df, files, y, fold_of = training_data(cfg)
+    names = list(spec.labels)
     pc = cfg.predict
     if pc.tta not in ("none", "hflip"):
         raise CxrltError(f"predict.tta must be none or hflip, not '{pc.tta}'")
@@ -116,7 +111,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
             tta = combine_tta(logits[order], flipped[order] if hflip else None, pc.tta_mean).numpy()
             if job == "oof":
                 oof["plain"][held], oof["tta"][held] = plain, tta
-                per_fold[k] = evaluate(y[held], tta, names, y.sum(0), n_tr)["mAP"]
+                per_fold[k] = map_score(y[held], tta)
             else:
                 sums[job]["plain"] += plain
                 sums[job]["tta"] += tta
@@ -125,15 +120,15 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
         return dict(skipped=False, dir=out)
 
     # variants: with/without TTA x image/study level; the recipe's choice is the final one
-    variants = {}
+    variants, study_level = {}, {}
     for name in ("plain", "tta") if hflip else ("plain",):
         tag = "tta" if name == "tta" else "no_tta"
-        variants[f"{tag}/image"] = evaluate(y, oof[name], names, y.sum(0), n_tr)["mAP"]
-        p_study = _aggregate(cfg, spec, train_df, oof[name])
-        if p_study is not None:
-            variants[f"{tag}/study"] = evaluate(y, p_study, names, y.sum(0), n_tr)["mAP"]
+        variants[f"{tag}/image"] = map_score(y, oof[name])
+        study_level[name] = _aggregate(cfg, spec, train_df, oof[name])
+        if study_level[name] is not None:
+            variants[f"{tag}/study"] = map_score(y, study_level[name])
     key = "tta" if hflip else "plain"
-    study = _aggregate(cfg, spec, train_df, oof[key])
+    study = study_level[key]
     final = study if study is not None else oof[key]
     final_key = ("tta" if hflip else "no_tta") + ("/study" if study is not None else "/image")
     write_predictions(out / "oof.csv", train_df[spec.id_col], final, names, spec.id_col, fold=fold_of)

@@ -55,13 +55,7 @@ def training_data(cfg: Config):
     if not fpath.is_file():
         raise CxrltError(f"{display_path(fpath)}: no folds yet; run src/02_make_folds.py --config {display_path(cfg.recipe)}")
     folds = read_folds(fpath, spec, df, k=int(cfg.folds.k)).set_index(spec.id_col).fold
-    cache = Cache.from_config(cfg, spec.name)
-    files = [cache.path(i) for i in df[spec.id_col]]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise CxrltError(f"{len(missing)} of {len(files)} training images are not in the cache "
-                         f"{display_path(cache.folder)} (e.g. {missing[0].name}); run src/01_prepare_images.py "
-                         f"--config {display_path(cfg.recipe)}")
+    files = Cache.from_config(cfg, spec.name).require(df[spec.id_col], spec.train_csv, cfg.recipe)
     return spec, df, files, label_matrix(spec, df), folds.loc[df[spec.id_col]].to_numpy()
 
 
