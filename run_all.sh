@@ -83,5 +83,5 @@ fi
 if want 06; then stage "06 thresholds [$FINAL]"; run $PY src/06_thresholds.py --config "experiments/$FINAL.yaml" $FORCE; fi
 if want 07; then stage "07 submission [$FINAL]"; run $PY src/07_make_submission.py --config "experiments/$FINAL.yaml"; fi
 stage "summary"
-PYTHONPATH=src $PY -m cxrlt.summary --recipes "$RECIPES" --final "$FINAL"
+PYTHONPATH=src $PY -m cxrlt.ensemble.summary --recipes "$RECIPES" --final "$FINAL"
 echo "total $(( $(date +%s) - t0 )) s"

@@ -15,10 +15,10 @@ def main():
     import torch
     from accelerate import Accelerator
 
-    from cxrlt.inference import predict_loader
-    from cxrlt.loader import CxrDataset, make_loader, to_model_input
-    from cxrlt.models import create_model
-    from cxrlt.train import precision_mode, training_data
+    from cxrlt.models.inference import predict_loader
+    from cxrlt.data.loader import CxrDataset, make_loader, to_model_input
+    from cxrlt.models.factory import create_model
+    from cxrlt.train.fold import precision_mode, training_data
 
     acc = Accelerator(mixed_precision=precision_mode(cfg.predict))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last).eval()

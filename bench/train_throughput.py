@@ -16,10 +16,10 @@ def bare_rate(cfg, args, compile_model: bool) -> float:
     import torch
     from accelerate import Accelerator
 
-    from cxrlt.loader import to_model_input
-    from cxrlt.losses import build_loss
-    from cxrlt.models import create_model
-    from cxrlt.train import precision_mode
+    from cxrlt.data.loader import to_model_input
+    from cxrlt.losses.binary import build_loss
+    from cxrlt.models.factory import create_model
+    from cxrlt.train.fold import precision_mode
 
     acc = Accelerator(mixed_precision=precision_mode(cfg.train))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last)
@@ -53,7 +53,7 @@ def real_rate(cfg, args) -> float:
     import pandas as pd
 
     from cxrlt.config import load_config
-    from cxrlt.train import train_fold
+    from cxrlt.train.fold import train_fold
 
     c = load_config(cfg.recipe, [f"{k}={v}" for k, v in _flat(cfg.to_dict())] +
                     ["train.epochs=2", f"train.max_steps_per_epoch={args.steps}"])
@@ -63,8 +63,8 @@ def real_rate(cfg, args) -> float:
 
 def loader_rate(cfg, args) -> tuple[float, int]:
     """img/s of the training loader alone (cache decode + augmentation + mosaic), and its workers."""
-    from cxrlt.loader import CxrDataset, make_loader
-    from cxrlt.train import training_data
+    from cxrlt.data.loader import CxrDataset, make_loader
+    from cxrlt.train.fold import training_data
 
     spec, df, files, y, fold_of = training_data(cfg)
     ds = CxrDataset(files, y, cfg.augment, spec.labels.index(spec.normal_label), ())

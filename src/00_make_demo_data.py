@@ -2,7 +2,7 @@
 import argparse
 
 from cxrlt.cli import run_stage
-from cxrlt.demo import make_demo
+from cxrlt.data.demo import make_demo
 from cxrlt.fileio import display_path, project_path
 
 

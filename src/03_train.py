@@ -4,7 +4,7 @@
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.fileio import display_path
-from cxrlt.train import train_fold
+from cxrlt.train.fold import train_fold
 
 
 def main():

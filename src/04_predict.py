@@ -5,7 +5,7 @@ metrics.json and report plots. Through accelerate for several GPUs:
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.fileio import display_path
-from cxrlt.predict import predict_experiment, summary_lines
+from cxrlt.evaluate.predict import predict_experiment, summary_lines
 
 
 def main():

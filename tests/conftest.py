@@ -14,7 +14,7 @@ DEMO = ROOT / "experiments" / "demo.yaml"
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
     """A tiny demo dataset (input dir with demo/ inside), made once per test session."""
-    from cxrlt.demo import make_demo
+    from cxrlt.data.demo import make_demo
 
     root = tmp_path_factory.mktemp("input")
     make_demo(root / "demo", n_train=240, n_dev=40, n_test=40, max_side=96, seed=3, workers=1, progress=False)
@@ -41,8 +41,8 @@ def run_script(*args, cwd=ROOT):
 def base(tiny_root, tmp_path_factory):
     """Overrides for tiny training runs: the tiny demo cached at 32 px, folds built, 3 short epochs."""
     from cxrlt.config import load_config
-    from cxrlt.folds import build_folds
-    from cxrlt.images import prepare_dataset_cache
+    from cxrlt.data.folds import build_folds
+    from cxrlt.data.images import prepare_dataset_cache
 
     d = tmp_path_factory.mktemp("trainbase")
     ov = [f"data.input_dir={tiny_root}", f"cache.dir={d / 'cache'}", "cache.size=32", f"folds.dir={d / 'folds'}",
@@ -63,7 +63,7 @@ def cfg_at(base, out, *more):
 @pytest.fixture(scope="session")
 def trained(base, tmp_path_factory):
     """All five folds of the tiny demo trained (2 epochs each) into one experiment folder."""
-    from cxrlt.train import train_fold
+    from cxrlt.train.fold import train_fold
 
     out = tmp_path_factory.mktemp("trained")
     cfg = cfg_at(base, out, "train.epochs=2")

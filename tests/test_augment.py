@@ -3,10 +3,10 @@ import random
 import numpy as np
 import pytest
 
-from cxrlt.augment import build_transform, combine_labels, mosaic
+from cxrlt.data.augment import build_transform, combine_labels, mosaic
 from cxrlt.config import load_config
-from cxrlt.labels import LABELS_2023
-from cxrlt.loader import CxrDataset, repeat_factors
+from cxrlt.data.labels import LABELS_2023
+from cxrlt.data.loader import CxrDataset, repeat_factors
 
 from conftest import ROOT
 

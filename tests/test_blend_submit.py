@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, cfg_at
-from cxrlt.blend import blend_experiment, combine, fit_weights
+from cxrlt.ensemble.blend import blend_experiment, combine, fit_weights
 from cxrlt.config import load_config
-from cxrlt.datasets import resolve_dataset
+from cxrlt.data.datasets import resolve_dataset
 from cxrlt.errors import CxrltError
-from cxrlt.labels import LABELS_2023, LABELS_2024_TASK2, LABELS_2026
+from cxrlt.data.labels import LABELS_2023, LABELS_2024_TASK2, LABELS_2026
 from cxrlt.metrics import per_class
-from cxrlt.submission import check_file, make_submission
-from cxrlt.thresholds import best_threshold, ece, fit_temperature, tune_thresholds
+from cxrlt.ensemble.submission import check_file, make_submission
+from cxrlt.ensemble.thresholds import best_threshold, ece, fit_temperature, tune_thresholds
 
 
 def noisy(y, quality, rng):

@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 
 from cxrlt.config import Config
-from cxrlt.datasets import PRESETS, check_images_exist, read_split, resolve_dataset
+from cxrlt.data.datasets import PRESETS, check_images_exist, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
-from cxrlt.labels import LABELS_2023
+from cxrlt.data.labels import LABELS_2023
 
 
 def data_cfg(**kw):

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from cxrlt.demo import META_COLS, PREVALENCE, make_tables, render
-from cxrlt.labels import LABELS_2023
+from cxrlt.data.demo import META_COLS, PREVALENCE, make_tables, render
+from cxrlt.data.labels import LABELS_2023
 
 
 def test_columns_and_order(tiny_root):

@@ -3,9 +3,9 @@ import pandas as pd
 
 from conftest import run_script
 from cxrlt.config import Config
-from cxrlt.datasets import resolve_dataset
-from cxrlt.demo import make_tables
-from cxrlt.folds import build_folds, imbalance, make_folds, positives_per_fold
+from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.demo import make_tables
+from cxrlt.data.folds import build_folds, imbalance, make_folds, positives_per_fold
 
 SPEC = resolve_dataset(Config(preset="demo", input_dir="input"))
 TRAIN = make_tables({"train": 3000}, seed=0)["train"]

@@ -7,9 +7,9 @@ from PIL import Image
 
 from conftest import REALDATA, ROOT, run_script
 from cxrlt.config import load_config
-from cxrlt.datasets import resolve_dataset
+from cxrlt.data.datasets import resolve_dataset
 from cxrlt.errors import CxrltError
-from cxrlt.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
+from cxrlt.data.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
 
 
 def ramp(h=40, w=30):

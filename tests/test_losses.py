@@ -4,7 +4,7 @@ import torch
 
 from cxrlt.config import Config
 from cxrlt.errors import CxrltError
-from cxrlt.losses import FocalLoss, build_loss, class_weights
+from cxrlt.losses.binary import FocalLoss, build_loss, class_weights
 
 
 def focal_by_hand(logits, y, alpha, gamma, ls):

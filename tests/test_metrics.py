@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from cxrlt.metrics import evaluate, mean_ap
-from cxrlt.predictions import aggregate_studies
+from cxrlt.evaluate.predictions import aggregate_studies
 
 NAMES = ["a", "b", "c", "d"]
 

@@ -4,7 +4,7 @@ import torch
 
 from cxrlt.config import Config
 from cxrlt.errors import CxrltError
-from cxrlt.models import create_model, input_stats
+from cxrlt.models.factory import create_model, input_stats
 
 
 def mcfg(**kw):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import DEMO, ROOT, cfg_at
-from cxrlt.checkpoint import load
+from cxrlt.models.checkpoint import load
 from cxrlt.errors import CxrltError
-from cxrlt.models import create_model
-from cxrlt.train import train_fold
+from cxrlt.models.factory import create_model
+from cxrlt.train.fold import train_fold
 
 
 

@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Callable
 
-from .config import Config, load_config
-from .errors import CxrltError
+from cxrlt.config import Config, load_config
+from cxrlt.errors import CxrltError
 
 
 def stage_parser(description: str, fold: bool = False) -> argparse.ArgumentParser:

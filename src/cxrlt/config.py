@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from .errors import CxrltError
-from .fileio import project_path, write_yaml
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import project_path, write_yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from .labels import prevalence_groups
+from cxrlt.data.labels import prevalence_groups
 
 
 def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_negatives: bool = False):

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .fileio import save_figure  # noqa: E402
+from cxrlt.fileio import save_figure  # noqa: E402
 
 
 def plot_training_curve(history: list[dict], path: str | Path, title: str = "") -> Path:

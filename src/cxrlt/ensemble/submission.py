@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, experiment_dir
-from .datasets import read_split, resolve_dataset
-from .errors import CxrltError
-from .fileio import display_path, project_path, write_atomic, write_csv
+from cxrlt.config import Config, experiment_dir
+from cxrlt.data.datasets import read_split, resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, project_path, write_atomic, write_csv
 
 
 def expected_ids(spec) -> list[str]:

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from .augment import MOSAIC_VARIANTS, build_transform, combine_labels, cutmix_box, mosaic
-from .errors import CxrltError
-from .images import read_cached
+from cxrlt.data.augment import MOSAIC_VARIANTS, build_transform, combine_labels, cutmix_box, mosaic
+from cxrlt.errors import CxrltError
+from cxrlt.data.images import read_cached
 
 
 class CxrDataset(Dataset):

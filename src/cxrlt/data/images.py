@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .fileio import project_path, write_bytes
+from cxrlt.fileio import project_path, write_bytes
 
 RESIZE_MODES = ("stretch", "pad")
 FORMATS = {"png": ".png", "jpg": ".jpg"}
@@ -94,7 +94,7 @@ class Cache:
     @classmethod
     def from_config(cls, cfg, dataset_name: str) -> "Cache":
         c = cfg.cache
-        from .errors import CxrltError
+        from cxrlt.errors import CxrltError
 
         if c.resize not in RESIZE_MODES:
             raise CxrltError(f"cache.resize must be one of {', '.join(RESIZE_MODES)}, not '{c.resize}'")
@@ -108,8 +108,8 @@ class Cache:
 
     def require(self, ids, source, recipe) -> list[Path]:
         """The cached files of ids, or a one-line error naming how many (and one) are not cached."""
-        from .errors import CxrltError
-        from .fileio import display_path
+        from cxrlt.errors import CxrltError
+        from cxrlt.fileio import display_path
 
         ids = list(ids)
         files = [self.path(i) for i in ids]
@@ -177,10 +177,10 @@ def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> di
 
     import pandas as pd
 
-    from .config import save_resolved
-    from .datasets import SPLITS, missing_images, read_split, resolve_dataset
-    from .errors import CxrltError
-    from .fileio import display_path, write_csv
+    from cxrlt.config import save_resolved
+    from cxrlt.data.datasets import SPLITS, missing_images, read_split, resolve_dataset
+    from cxrlt.errors import CxrltError
+    from cxrlt.fileio import display_path, write_csv
 
     spec = resolve_dataset(cfg.data)
     cache = Cache.from_config(cfg, spec.name)

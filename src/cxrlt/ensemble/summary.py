@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-from .fileio import display_path, project_path
+from cxrlt.fileio import display_path, project_path
 
 
 def _load(path):

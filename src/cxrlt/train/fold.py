@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import load, rng_state, save
-from .config import Config, experiment_dir, save_resolved
-from .datasets import label_matrix, read_split, resolve_dataset
-from .errors import CxrltError
-from .fileio import display_path, write_csv, write_text
-from .folds import folds_path, read_folds
-from .images import Cache
-from .inference import predict_loader
-from .loader import CxrDataset, make_loader, to_model_input
-from .losses import build_loss
-from .metrics import mean_ap
-from .models import create_model, input_stats
+from cxrlt.models.checkpoint import load, rng_state, save
+from cxrlt.config import Config, experiment_dir, save_resolved
+from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, write_csv, write_text
+from cxrlt.data.folds import folds_path, read_folds
+from cxrlt.data.images import Cache
+from cxrlt.models.inference import predict_loader
+from cxrlt.data.loader import CxrDataset, make_loader, to_model_input
+from cxrlt.losses.binary import build_loss
+from cxrlt.metrics import mean_ap
+from cxrlt.models.factory import create_model, input_stats
 
 
 def fold_dir(cfg: Config, fold: int):
@@ -218,7 +218,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
                       epoch=epoch, best=best, history=history, rng=rng_state(), fingerprint=fp,
                       config=cfg.to_dict()), last)
             write_csv(out / "log.csv", pd.DataFrame(history))
-            from .report import plot_training_curve
+            from cxrlt.evaluate.report import plot_training_curve
 
             plot_training_curve(history, out / "curve.png", title=f"{cfg.name} fold {fold}")
             eta = (time.time() - t_fold) / (epoch + 1 - start) * (epochs - epoch - 1)

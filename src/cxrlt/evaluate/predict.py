@@ -14,18 +14,18 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import load
-from .config import Config, experiment_dir, save_resolved
-from .datasets import read_split, resolve_dataset
-from .errors import CxrltError
-from .fileio import display_path, stamps, write_text
-from .images import Cache
-from .inference import combine_tta, predict_loader
-from .loader import CxrDataset, make_loader
-from .metrics import evaluate, map_score
-from .models import create_model
-from .predictions import aggregate_studies, read_predictions, write_predictions
-from .train import precision_mode, check_fingerprint, fingerprint, fold_dir, training_data
+from cxrlt.models.checkpoint import load
+from cxrlt.config import Config, experiment_dir, save_resolved
+from cxrlt.data.datasets import read_split, resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, stamps, write_text
+from cxrlt.data.images import Cache
+from cxrlt.models.inference import combine_tta, predict_loader
+from cxrlt.data.loader import CxrDataset, make_loader
+from cxrlt.metrics import evaluate, map_score
+from cxrlt.models.factory import create_model
+from cxrlt.evaluate.predictions import aggregate_studies, read_predictions, write_predictions
+from cxrlt.train.fold import precision_mode, check_fingerprint, fingerprint, fold_dir, training_data
 
 
 def _checkpoints(cfg: Config) -> dict:
@@ -148,7 +148,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
         if s == "dev" and all(c in df.columns for c in names):
             result["development"] = {k: v for k, v in evaluate(df[names].to_numpy(), probs, names, y.sum(0), n_tr).items()
                                      if k != "per_class"}
-    from .report import plot_per_class_ap, plot_pr_curves
+    from cxrlt.evaluate.report import plot_per_class_ap, plot_pr_curves
 
     plot_per_class_ap(result, out / "per_class_ap.png", title=f"{cfg.name}: OOF AP per class")
     plot_pr_curves(y, final, names, y.sum(0), out / "pr_rarest.png", title=f"{cfg.name}: rarest classes (OOF)")

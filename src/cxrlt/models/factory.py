@@ -6,8 +6,8 @@ import sys
 import timm
 import torch
 
-from .errors import CxrltError
-from .fileio import display_path, project_path
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, project_path
 
 
 def create_model(mcfg, num_classes: int) -> torch.nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .loader import to_model_input
+from cxrlt.data.loader import to_model_input
 
 
 @torch.no_grad()

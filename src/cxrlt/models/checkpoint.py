@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fileio import write_atomic
+from cxrlt.fileio import write_atomic
 
 
 def save(obj: dict, path: str | Path) -> Path:

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .config import Config, experiment_dir, save_resolved
-from .datasets import label_matrix, read_split, resolve_dataset
-from .errors import CxrltError
-from .fileio import display_path, project_path, stamps, write_text
-from .metrics import evaluate, map_score
-from .predictions import read_predictions, write_predictions
+from cxrlt.config import Config, experiment_dir, save_resolved
+from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, project_path, stamps, write_text
+from cxrlt.metrics import evaluate, map_score
+from cxrlt.evaluate.predictions import read_predictions, write_predictions
 
 
 def member_dir(name: str) -> Path:

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from .errors import CxrltError
+from cxrlt.errors import CxrltError
 
 
 def class_weights(positives: np.ndarray, n: int, mode: str | None) -> torch.Tensor | None:

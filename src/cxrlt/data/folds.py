@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from .datasets import DatasetSpec
-from .errors import CxrltError
+from cxrlt.data.datasets import DatasetSpec
+from cxrlt.errors import CxrltError
 
 
 def make_folds(df: pd.DataFrame, spec: DatasetSpec, k: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -84,16 +84,16 @@ def imbalance(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def folds_path(cfg, spec: DatasetSpec):
-    from .fileio import project_path
+    from cxrlt.fileio import project_path
 
     return project_path(cfg.folds.dir) / f"{spec.name}_folds.csv"
 
 
 def build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
-    from .config import save_resolved
-    from .datasets import read_split, resolve_dataset
-    from .fileio import display_path, write_csv
+    from cxrlt.config import save_resolved
+    from cxrlt.data.datasets import read_split, resolve_dataset
+    from cxrlt.fileio import display_path, write_csv
 
     spec = resolve_dataset(cfg.data)
     df = read_split(spec, "train", labels="required")
@@ -125,7 +125,7 @@ def build_folds(cfg, force: bool = False) -> dict:
 
 def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None, k: int | None = None) -> pd.DataFrame:
     """Read a folds CSV; check it covers exactly df's ids and has folds 0..k-1 (else rebuild is needed)."""
-    from .fileio import display_path
+    from cxrlt.fileio import display_path
 
     folds = pd.read_csv(path, dtype={spec.id_col: str})
     if list(folds.columns) != [spec.id_col, "fold"]:

@@ -12,12 +12,12 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import precision_recall_curve
 
-from .config import Config, experiment_dir
-from .datasets import label_matrix, read_split, resolve_dataset
-from .errors import CxrltError
-from .fileio import display_path, write_text
-from .metrics import f1_per_class
-from .predictions import read_predictions
+from cxrlt.config import Config, experiment_dir
+from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, write_text
+from cxrlt.metrics import f1_per_class
+from cxrlt.evaluate.predictions import read_predictions
 
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -95,7 +95,7 @@ def tune_thresholds(cfg: Config, force: bool = False) -> dict:
                       ECE_before=float(np.mean([ece(y[:, c], p[:, c]) for c in range(len(names))])),
                       ECE_after=float(np.mean([ece(y[:, c], cal[:, c]) for c in range(len(names))])))
     write_text(target, json.dumps(result, indent=1))
-    from .report import plot_f1
+    from cxrlt.evaluate.report import plot_f1
 
     plot_f1(result, out / "f1_per_class.png", title=f"{cfg.name}: F1 per class (OOF)")
     return dict(result, skipped=False, dir=out)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import CxrltError
-from .fileio import display_path, write_csv
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, write_csv
 
 
 def to_frame(ids, probs: np.ndarray, labels, id_col: str, fold=None) -> pd.DataFrame:

@@ -1,0 +1,2 @@
+"""Evaluation wing: stage 04's predictions and report (`predict`), prediction CSVs and study
+aggregation (`predictions`), plots (`report`). Imports ground, data, models."""

@@ -1,0 +1,1 @@
+"""Losses wing: one registry (`build_loss`), each loss a builder that checks its own keys. Imports only ground."""

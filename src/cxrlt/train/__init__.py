@@ -1,0 +1,1 @@
+"""Training wing: the fold driver of stage 03. Imports ground, data, models, losses."""
