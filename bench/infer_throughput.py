@@ -16,11 +16,13 @@ def main():
     from accelerate import Accelerator
 
     from cxrlt.models.inference import predict_loader
-    from cxrlt.data.loader import CxrDataset, make_loader, to_model_input
+    from cxrlt.data.loader import CxrDataset, make_loader
+    from cxrlt.models.inference import to_model_input
     from cxrlt.models.factory import create_model
-    from cxrlt.train.fold import precision_mode, training_data
+    from cxrlt.data.splits import training_data
+    from cxrlt.runtime import precision_mode
 
-    acc = Accelerator(mixed_precision=precision_mode(cfg.predict))
+    acc = Accelerator(mixed_precision=precision_mode(cfg.predict, "predict.precision"))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last).eval()
     if args.compile:
         net = torch.compile(net)

@@ -16,10 +16,10 @@ def bare_rate(cfg, args, compile_model: bool) -> float:
     import torch
     from accelerate import Accelerator
 
-    from cxrlt.data.loader import to_model_input
+    from cxrlt.models.inference import to_model_input
     from cxrlt.losses.binary import build_loss
     from cxrlt.models.factory import create_model
-    from cxrlt.train.fold import precision_mode
+    from cxrlt.runtime import precision_mode
 
     acc = Accelerator(mixed_precision=precision_mode(cfg.train))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last)
@@ -64,7 +64,7 @@ def real_rate(cfg, args) -> float:
 def loader_rate(cfg, args) -> tuple[float, int]:
     """img/s of the training loader alone (cache decode + augmentation + mosaic), and its workers."""
     from cxrlt.data.loader import CxrDataset, make_loader
-    from cxrlt.train.fold import training_data
+    from cxrlt.data.splits import training_data
 
     spec, df, files, y, fold_of = training_data(cfg)
     ds = CxrDataset(files, y, cfg.augment, spec.labels.index(spec.normal_label), ())

@@ -12,8 +12,11 @@ def main():
         print(f"{display_path(r['dir'])}/thresholds.json is up to date; --force redoes it")
     print(f"mF1 at 0.5 {r['mF1_at_0_5']:.4f}; tuned {r['mF1_tuned']:.4f} (fitted on all OOF), "
           f"{r['mF1_honest']:.4f} (honest: thresholds from the other folds)")
-    if r.get("temperatures"):
-        print(f"temperature scaling: ECE {r['ECE_before']:.4f} -> {r['ECE_after']:.4f}")
+    if r.get("calibration", "none") != "none":
+        print(f"{r['calibration']} calibration: ECE {r['ECE_before']:.4f} -> {r['ECE_after']:.4f} (fitted on all OOF), "
+              f"{r['ECE_honest']:.4f} (honest: calibrators from the other folds)")
+        if r["no_calibrator"]:
+            print(f"no calibrator (no positive in OOF; left as is): {', '.join(r['no_calibrator'])}")
     print(f"wrote {display_path(r['dir'])}/thresholds.json, f1_per_class.png")
 
 

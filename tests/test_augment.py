@@ -54,17 +54,17 @@ def test_mosaic_crop_areas_match_pixels():
         assert np.allclose(counts, vis) and vis.sum() == pytest.approx(1.0)
 
 
-def make_ds(tmp_path, labels, **aug):
+def make_ds(tmp_path, labels, partner_weights=None, values=None, **aug):
     import cv2
 
     files = []
     for i in range(len(labels)):
         f = tmp_path / f"{i}.png"
-        cv2.imwrite(str(f), np.full((32, 32), 10 * (i + 1), np.uint8))
+        cv2.imwrite(str(f), np.full((32, 32), values[i] if values else 10 * (i + 1), np.uint8))
         files.append(f)
     cfg = load_config(ROOT / "experiments" / "demo.yaml", [f"augment.{k}={v}" for k, v in aug.items()] + [
         "augment.hflip=0", "augment.affine=0", "augment.brightness_contrast=0", "augment.dropout=0"])
-    return CxrDataset(files, np.stack(labels), cfg.augment, NF, (SD,))
+    return CxrDataset(files, np.stack(labels), cfg.augment, NF, (SD,), partner_weights=partner_weights)
 
 
 def test_dataset_mosaic_labels_follow_visible_sources(tmp_path):
@@ -115,3 +115,41 @@ def test_unknown_mosaic_variant_is_a_config_error(tmp_path):
 
     with pytest.raises(CxrltError, match="mosaic_variants"):
         make_ds(tmp_path, [vec(NF), vec(AT)], mosaic=0.5, mosaic_variants="[crop, zoom]")
+
+
+def test_linear_labels_follow_pixel_shares(tmp_path):
+    labels = [vec(AT), vec(EF)]
+    for op in ("mixup", "cutmix"):
+        ds = make_ds(tmp_path, labels, values=[200, 0], mosaic=0.0, mix_labels="linear", **{op: 1.0})
+        for seed in range(5):
+            ds.reseed(seed)
+            img, y, _ = ds[0]
+            share = img.numpy().astype(np.float64).mean() / 200          # share of image 0's pixels
+            assert y[AT] == pytest.approx(share, abs=0.01) and y[EF] == pytest.approx(1 - share, abs=0.01)
+            assert y.sum() == pytest.approx(1.0, abs=1e-5) and y[NF] == 0
+    (tmp_path / "m").mkdir()
+    ds = make_ds(tmp_path / "m", [vec(NF), vec(NF), vec(AT), vec(EF)], mosaic=1.0, mosaic_variants="[resize]",
+                 mix_labels="linear")
+    ds.reseed(0)
+    _, y, _ = ds[0]
+    assert y.sum() == pytest.approx(1.0) and set(np.round(y.numpy() * 4, 6).tolist()) <= {0, 1, 2, 3, 4}
+
+
+def test_balanced_mixup_draws_partners_by_weight(tmp_path):
+    labels = [vec(AT), vec(AT), vec(AT), vec(EF)]
+    ds = make_ds(tmp_path, labels, partner_weights=[0, 0, 0, 1.0], values=[200, 200, 200, 0], mosaic=0.0,
+                 balanced_mixup=1.0, balanced_mixup_alpha=0.2, mix_labels="linear")
+    lams = []
+    for seed in range(200):
+        ds.reseed(seed)
+        img, y, _ = ds[seed % 3]
+        lam = img.numpy().astype(np.float64).mean() / 200                   # the instance's pixel share
+        assert y[AT] == pytest.approx(lam, abs=0.01) and y[EF] == pytest.approx(1 - lam, abs=0.01)   # partner: image 3
+        lams.append(lam)
+    assert np.mean(lams) == pytest.approx(0.2 / 1.2, abs=0.05)                 # Beta(0.2, 1) has mean 1/6
+    from cxrlt.errors import CxrltError
+
+    with pytest.raises(CxrltError, match="partner"):
+        make_ds(tmp_path, labels, balanced_mixup=1.0)
+    with pytest.raises(CxrltError, match="mix_labels"):
+        make_ds(tmp_path, labels, mix_labels="sum")

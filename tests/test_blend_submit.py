@@ -87,12 +87,19 @@ def test_thresholds_beat_half_on_crafted_data(base, tmp_path):
     p = np.array([0.05, 0.1, 0.3, 0.4, 0.2, 0.35])       # well ranked, all below 0.5
     t = best_threshold(y, p)
     assert t == pytest.approx(0.3) and ((p >= t) == y).all()
-    cfg = cfg_at(base, tmp_path / "e", "thresholds.temperature=true")
+    cfg = cfg_at(base, tmp_path / "e", "thresholds.calibration=temperature")
     fake_member(cfg, tmp_path / "e", 0.35, 3)
     r = tune_thresholds(cfg)
     assert r["mF1_tuned"] > r["mF1_at_0_5"] and r["mF1_tuned"] >= r["mF1_honest"] - 1e-9
     assert r["ECE_after"] <= r["ECE_before"] and (tmp_path / "e" / "f1_per_class.png").is_file()
-    assert set(json.loads((tmp_path / "e" / "thresholds.json").read_text())["thresholds"]) == set(LABELS_2023)
+    assert r["ECE_after"] <= r["ECE_honest"]
+    saved = json.loads((tmp_path / "e" / "thresholds.json").read_text())
+    assert set(saved["thresholds"]) == set(saved["calibrators"]) == set(LABELS_2023)
+    assert saved["calibration"] == "temperature" and all(isinstance(t, float) for t in saved["calibrators"].values())
+    assert tune_thresholds(cfg)["skipped"]                                 # same calibration: up to date
+    assert not tune_thresholds(cfg_at(base, tmp_path / "e", "thresholds.calibration=none"))["skipped"]
+    with pytest.raises(CxrltError, match="not one of none, temperature, isotonic"):
+        tune_thresholds(cfg_at(base, tmp_path / "e", "thresholds.calibration=platt"))
 
 
 def test_temperature_scaling_recovers_a_known_temperature():

@@ -14,11 +14,12 @@ from cxrlt.errors import CxrltError
 from cxrlt.data.images import read_cached
 from cxrlt.models.inference import combine_tta, predict_loader
 from cxrlt.data.labels import LABELS_2023
-from cxrlt.data.loader import CxrDataset, make_loader, to_model_input
+from cxrlt.data.loader import CxrDataset, make_loader
+from cxrlt.models.inference import to_model_input
 from cxrlt.metrics import per_class
 from cxrlt.models.factory import create_model
 from cxrlt.evaluate.predict import predict_experiment
-from cxrlt.train.fold import training_data
+from cxrlt.data.splits import training_data
 
 
 def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base, trained, tmp_path):
@@ -82,6 +83,7 @@ def test_hflip_tta_leaves_a_symmetric_image_unchanged(tmp_path):
     acc = Accelerator(cpu=True)
     loader = acc.prepare(make_loader(CxrDataset(files), 3, 0, False))
     logits, _, idx, flipped = predict_loader(net, loader, acc, 0.5, 0.25, False, hflip=True)
+    assert list(flipped) == ["hflip"]                             # extra views: a dict view -> logits
     plain, tta = combine_tta(logits, None), combine_tta(logits, flipped, "prob")
     sym = (idx % 2 == 0).numpy()
     assert torch.allclose(tta[sym], plain[sym], atol=1e-6)

@@ -41,6 +41,14 @@ def test_tiny_run_learns_and_writes_artefacts(base, tmp_path):
     m.load_state_dict(best["model"])                     # best.pt holds plain model weights
     preds = pd.read_csv(d / "val_predictions.csv")
     assert set(preds.dicom_id) == fold_ids(cfg, 0) and preds.dicom_id.is_unique
+    # val loss is plain BCE of the best epoch's predictions, whatever the training loss (focal here)
+    from cxrlt.data.splits import training_data
+
+    spec, df, _, y, _ = training_data(cfg)
+    y = pd.DataFrame(y, index=df.dicom_id).loc[preds.dicom_id].to_numpy()
+    p = preds.iloc[:, 1:].to_numpy().clip(1e-12, 1 - 1e-12)
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
+    assert log.val_loss[r["best_epoch"] - 1] == pytest.approx(bce, rel=1e-4)
 
 
 def test_resume_continues_exactly(base, tmp_path):
@@ -56,6 +64,18 @@ def test_resume_continues_exactly(base, tmp_path):
     np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=1e-5, atol=1e-7)
     wa, wb = load(tmp_path / "a/fold1/last.pt")["model"], load(tmp_path / "b/fold1/last.pt")["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def test_resume_across_a_drw_switch_is_exact(base, tmp_path):
+    drw = ["loss.name=bce", "loss.class_weights=cb", "loss.cb_beta=0.99", "loss.drw_epoch=2", "train.epochs=3"]
+    train_fold(cfg_at(base, tmp_path / "a", *drw), 1, progress=False)
+    cut = cfg_at(base, tmp_path / "b", *drw)
+    assert train_fold(cut, 1, progress=False, stop_after=2)["stopped"]        # killed before the switch
+    train_fold(cut, 1, progress=False)
+    a, b = pd.read_csv(tmp_path / "a/fold1/log.csv"), pd.read_csv(tmp_path / "b/fold1/log.csv")
+    assert a.loss_weighted.tolist() == [False, False, True] == b.loss_weighted.tolist()
+    cols = ["train_loss", "val_loss", "val_mAP", "lr"]
+    np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_finished_fold_is_skipped_unless_forced(base, tmp_path):

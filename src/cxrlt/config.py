@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from cxrlt.errors import CxrltError
-from cxrlt.fileio import project_path, write_yaml
+from cxrlt.fileio import display_path, project_path, write_yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -66,15 +66,33 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _load_recipe(path: Path, seen: tuple = ()) -> dict:
+# Mappings whose keys are the user's (not listed in defaults.yaml): a recipe may add keys there.
+OPEN_SECTIONS = {"predict.view_weights"}
+
+
+def check_keys(data: dict, defaults: dict, source: str, prefix: str = "") -> None:
+    """Refuse a key of a recipe file that defaults.yaml does not list (a typo would be silently ignored)."""
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=3)
+            hint = f"; did you mean {', '.join(f'{prefix}{n}' for n in near)}?" if near else ""
+            raise CxrltError(f"{source}: unknown key '{path}'{hint} (every key is listed in src/cxrlt/defaults.yaml)")
+        if isinstance(value, dict) and isinstance(defaults[key], dict) and path not in OPEN_SECTIONS:
+            check_keys(value, defaults[key], source, f"{path}.")
+
+
+def _load_recipe(path: Path, seen: tuple = (), defaults: dict | None = None) -> dict:
     path = path.resolve()
     if path in seen:
         raise CxrltError(f"{path}: `base:` chain loops back on itself")
     data = _read_yaml(path)
     base = data.pop("base", None)
+    if defaults is not None:
+        check_keys(data, defaults, display_path(path))
     if base is None:
         return data
-    return deep_merge(_load_recipe(path.parent / base, seen + (path,)), data)
+    return deep_merge(_load_recipe(path.parent / base, seen + (path,), defaults), data)
 
 
 def parse_value(text: str) -> Any:
@@ -120,7 +138,8 @@ def apply_override(cfg: dict, item: str) -> None:
 def load_config(recipe: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Defaults <- recipe (with its `base:` chain) <- command-line overrides."""
     path = project_path(recipe)
-    merged = deep_merge(yaml.safe_load(DEFAULTS_FILE.read_text()), _load_recipe(path))
+    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    merged = deep_merge(defaults, _load_recipe(path, defaults=defaults))
     for item in overrides:
         apply_override(merged, item)
     if not merged.get("name"):
@@ -128,10 +147,6 @@ def load_config(recipe: str | Path, overrides: Iterable[str] = ()) -> Config:
     cfg = Config(merged)
     cfg["recipe"] = str(path)
     return cfg
-
-
-def experiment_dir(cfg: Config) -> Path:
-    return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
 
 
 def save_resolved(cfg: Config, path: str | Path) -> Path:

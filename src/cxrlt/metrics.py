@@ -8,7 +8,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from cxrlt.data.labels import prevalence_groups
+
+
+def prevalence_groups(counts, n_total) -> list[str]:
+    """head > 10 %, medium 1-10 %, tail < 1 % of training images (DESIGN.md section 1)."""
+    out = []
+    for c in counts:
+        p = c / n_total
+        out.append("head" if p > 0.10 else "medium" if p >= 0.01 else "tail")
+    return out
 
 
 def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_negatives: bool = False):

@@ -42,11 +42,3 @@ LABELS_2026 = [
 assert len(LABELS_2023) == len(COUNTS_2023) == 26
 assert len(LABELS_2024) == 40 and len(LABELS_2024_TASK2) == 26 and len(LABELS_2026) == 30
 
-
-def prevalence_groups(counts, n_total) -> list[str]:
-    """head > 10 %, medium 1-10 %, tail < 1 % of training images (DESIGN.md section 1)."""
-    out = []
-    for c in counts:
-        p = c / n_total
-        out.append("head" if p > 0.10 else "medium" if p >= 0.01 else "tail")
-    return out

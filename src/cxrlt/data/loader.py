@@ -1,6 +1,6 @@
 """Datasets and loaders over the image cache. Batches are uint8 (B, 1, H, W): a quarter of the
-bytes of float32 through the loader and the host-to-device copy; `to_model_input` normalises on
-the device."""
+bytes of float32 through the loader and the host-to-device copy; `models.inference.to_model_input`
+normalises them on the device."""
 from __future__ import annotations
 
 import random
@@ -15,17 +15,37 @@ from cxrlt.data.images import read_cached
 
 
 class CxrDataset(Dataset):
-    def __init__(self, files, labels=None, acfg=None, normal=None, allowed=()):
+    """Cached films with labels; with an augment section, the training view: mixes, then per-image
+    augmentation. seed/epochs: set_epoch(e) reseeds with seed + e and switches mosaic off for the
+    last augment.mosaic_off_last_epochs epochs. partner_weights: sampling weights of the
+    Balanced-MixUp partner (class-aware repeat factors)."""
+
+    def __init__(self, files, labels=None, acfg=None, normal=None, allowed=(), seed: int = 0, epochs: int | None = None,
+                 partner_weights=None):
         self.files = [str(f) for f in files]
         self.labels = None if labels is None else np.asarray(labels, np.float32)
         self.acfg = acfg
         self.normal, self.allowed = normal, tuple(allowed)
+        self.seed, self.epochs = int(seed), epochs
         self.transform = build_transform(acfg) if acfg is not None else None
         self.mosaic_p = float(acfg.mosaic) if acfg is not None else 0.0
         if self.mosaic_p and not set(acfg.mosaic_variants) <= set(MOSAIC_VARIANTS):
             raise CxrltError(f"augment.mosaic_variants {list(acfg.mosaic_variants)}: each must be one of "
                              f"{', '.join(MOSAIC_VARIANTS)}")
+        self.linear = acfg is not None and mix_rule(acfg) == "linear"
+        self.partner_cum = None
+        if acfg is not None and acfg.get("balanced_mixup"):
+            if partner_weights is None:
+                raise CxrltError("augment.balanced_mixup needs the class-aware partner weights (train.class_aware_t/cap)")
+            self.partner_cum = np.cumsum(np.asarray(partner_weights, np.float64)).tolist()
         self.rng = random.Random(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        a = self.acfg
+        if a is not None:
+            off = self.epochs is not None and epoch >= self.epochs - int(a.mosaic_off_last_epochs)
+            self.mosaic_p = 0.0 if off else float(a.mosaic)
+        self.reseed(self.seed + epoch)
 
     def __len__(self):
         return len(self.files)
@@ -41,28 +61,44 @@ class CxrDataset(Dataset):
         j = self.rng.randrange(len(self) - 1)
         return j + (j >= i)
 
+    def _labels(self, idx, weights) -> np.ndarray:
+        """Labels of a mix of sources idx with pixel shares `weights` (augment.mix_labels): union =
+        the visible sources' union under the normal-class rule; linear = the share-weighted mean."""
+        if self.linear:
+            return (np.asarray(weights, np.float32)[:, None] * self.labels[idx]).sum(0)
+        return combine_labels(self.labels[idx], self.normal, self.allowed)
+
     def _mix(self, i):
         a, rng = self.acfg, self.rng
         img = read_cached(self.files[i])
         size = img.shape[0]
+        if self.partner_cum is not None and rng.random() < a.balanced_mixup:
+            # Balanced-MixUp (Galdran et al., MICCAI 2021): this instance-sampled image mixed with a
+            # class-aware-sampled partner, lambda ~ Beta(alpha, 1) on the instance
+            j = rng.choices(range(len(self)), cum_weights=self.partner_cum)[0]
+            lam = np.random.default_rng(rng.getrandbits(32)).beta(a.balanced_mixup_alpha, 1.0)
+            return mix_pixels(img, read_cached(self.files[j]), lam), self._labels([i, j], [lam, 1 - lam])
         if self.mosaic_p and rng.random() < self.mosaic_p:
             idx = [i] + [rng.randrange(len(self)) for _ in range(3)]
             img, visible = mosaic([img] + [read_cached(self.files[j]) for j in idx[1:]], size,
                                   rng.choice(list(a.mosaic_variants)), rng)
+            if self.linear:
+                return img, self._labels(idx, visible / visible.sum())
             keep = [j for j, v in zip(idx, visible) if v > float(a.mosaic_min_visible)]
-            return img, combine_labels(self.labels[keep], self.normal, self.allowed)
+            return img, self._labels(keep, None)
         if a.mixup and rng.random() < a.mixup:
             j = self._other(i)
             lam = np.random.default_rng(rng.getrandbits(32)).beta(a.mixup_alpha, a.mixup_alpha)
             other = read_cached(self.files[j])
             img = mix_pixels(img, other, lam)
-            return img, combine_labels(self.labels[[i, j]], self.normal, self.allowed)
+            return img, self._labels([i, j], [lam, 1 - lam])
         if a.cutmix and rng.random() < a.cutmix:
             j = self._other(i)
             y0, y1, x0, x1 = cutmix_box(size, rng.uniform(0.3, 0.8), rng)
             img = img.copy()
             img[y0:y1, x0:x1] = read_cached(self.files[j])[y0:y1, x0:x1]
-            return img, combine_labels(self.labels[[i, j]], self.normal, self.allowed)
+            share = (y1 - y0) * (x1 - x0) / size**2
+            return img, self._labels([i, j], [1 - share, share])
         return img, self.labels[i]
 
     def __getitem__(self, i):
@@ -73,6 +109,13 @@ class CxrDataset(Dataset):
             img = read_cached(self.files[i])
             y = self.labels[i] if self.labels is not None else np.zeros(0, np.float32)
         return torch.from_numpy(np.ascontiguousarray(img))[None], torch.as_tensor(y, dtype=torch.float32), i
+
+
+def mix_rule(acfg) -> str:
+    rule = acfg.get("mix_labels", "union")
+    if rule not in ("union", "linear"):
+        raise CxrltError(f"augment.mix_labels must be union or linear, not '{rule}'")
+    return rule
 
 
 def mix_pixels(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
@@ -114,8 +157,3 @@ def make_loader(ds: CxrDataset, batch_size: int, workers: int, train: bool, tcfg
                       # and per-epoch dataset settings (mosaic off for the last epochs) reach them
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
 
-
-def to_model_input(x: torch.Tensor, mean: float, std: float, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, 1, H, W) on the device -> normalised float (B, 1, H, W)."""
-    x = x.float().div_(255.0).sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from cxrlt.config import Config, experiment_dir, save_resolved
+from cxrlt.config import Config, save_resolved
+from cxrlt.experiment import experiment_dir
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path, stamps, write_text

@@ -1,8 +1,11 @@
-"""Stage 06: per-class decision thresholds (and optional temperature scaling) from OOF predictions.
+"""Stage 06: per-class decision thresholds (and optional calibration) from OOF predictions.
 
 Thresholds only matter for leaderboards that score F1; mAP ranks probabilities. Fitting on OOF is
 optimistic for rare classes, so an honest figure is reported beside it: thresholds fitted on K-1
-folds, applied to the held-out fold.
+folds, applied to the held-out fold. `thresholds.calibration` (none | temperature | isotonic) also
+fits one calibrator per class and reports ECE before, after (fitted on all OOF) and honestly
+(calibrators from the other folds); the calibrators are saved so `apply_calibration` can reuse them.
+Thresholds are always fitted on the uncalibrated probabilities.
 """
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import json
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve
 
-from cxrlt.config import Config, experiment_dir
+from cxrlt.config import Config
+from cxrlt.experiment import experiment_dir
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, write_text
@@ -29,8 +34,20 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thr[int(np.argmax(f1))])
 
 
+CALIBRATIONS = ("none", "temperature", "isotonic")
+
+
 def fit_thresholds(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.array([best_threshold(y[:, c], p[:, c]) for c in range(y.shape[1])])
+
+
+def honest_f1(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Per-class F1 of each fold's (p >= t), with thresholds t fitted on the other folds."""
+    hits = np.zeros_like(p, dtype=bool)
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        hits[te] = p[te] >= fit_thresholds(y[tr], p[tr])
+    return f1_per_class(y, hits, 0.5)
 
 
 def _logit(p):
@@ -60,9 +77,67 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
     return float(err)
 
 
+def fit_calibrator(method: str, y: np.ndarray, p: np.ndarray):
+    """One class's calibrator, as stored in thresholds.json: a temperature T (temperature), the
+    breakpoints {"x": [...], "y": [...]} of an isotonic fit (isotonic), or None (the identity) for
+    `none` or a class without a positive."""
+    if method == "none" or y.sum() == 0:
+        return None
+    if method == "temperature":
+        return fit_temperature(y, p)
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
+    return dict(x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
+
+
+def calibrate(cal, p: np.ndarray) -> np.ndarray:
+    """Apply one class's calibrator (see fit_calibrator) to its probabilities."""
+    p = np.asarray(p, np.float64)
+    if cal is None:
+        return p
+    if isinstance(cal, dict):                   # isotonic: piecewise linear, clipped at the ends
+        return np.interp(p, cal["x"], cal["y"])
+    return 1 / (1 + np.exp(-_logit(p) / cal))
+
+
+def apply_calibration(probs, result: dict) -> np.ndarray:
+    """Calibrate (N, C) probabilities with the calibrators of a thresholds.json dict; columns in the
+    order of its `calibrators` (the label order). Without calibrators the probabilities come back."""
+    p = np.asarray(probs, np.float64)
+    cals = list((result.get("calibrators") or {}).values())
+    if not cals:
+        return p.copy()
+    if p.ndim != 2 or p.shape[1] != len(cals):
+        raise CxrltError(f"apply_calibration: probabilities of shape {p.shape}, expected (N, {len(cals)})")
+    return np.column_stack([calibrate(cal, p[:, c]) for c, cal in enumerate(cals)])
+
+
+def fit_calibration(method: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray, names) -> dict:
+    """Per-class calibrators fitted on all OOF, and the mean ECE over classes before, after (on the
+    same OOF) and honestly (each fold calibrated by calibrators fitted on the other folds)."""
+    cals = [fit_calibrator(method, y[:, c], p[:, c]) for c in range(p.shape[1])]
+    fitted = np.column_stack([calibrate(cal, p[:, c]) for c, cal in enumerate(cals)])
+    honest = p.astype(np.float64)
+    for f in np.unique(folds):
+        tr, te = folds != f, folds == f
+        for c in range(p.shape[1]):
+            honest[te, c] = calibrate(fit_calibrator(method, y[tr, c], p[tr, c]), p[te, c])
+
+    def mean_ece(q):
+        return float(np.mean([ece(y[:, c], q[:, c]) for c in range(q.shape[1])]))
+
+    return dict(ECE_before=mean_ece(p), ECE_after=mean_ece(fitted), ECE_honest=mean_ece(honest),
+                no_calibrator=[n for n, cal in zip(names, cals) if cal is None],
+                calibrators=dict(zip(names, cals)))
+
+
 def tune_thresholds(cfg: Config, force: bool = False) -> dict:
     spec = resolve_dataset(cfg.data)
     names, id_col = list(spec.labels), spec.id_col
+    if "temperature" in cfg.thresholds:
+        raise CxrltError("thresholds.temperature was replaced by thresholds.calibration: none | temperature | isotonic")
+    method = str(cfg.thresholds.calibration)
+    if method not in CALIBRATIONS:
+        raise CxrltError(f"thresholds.calibration '{method}' is not one of {', '.join(CALIBRATIONS)}")
     out = experiment_dir(cfg)
     train = read_split(spec, "train", labels="required")
     oof_path = out / "oof.csv"
@@ -74,26 +149,18 @@ def tune_thresholds(cfg: Config, force: bool = False) -> dict:
     target = out / "thresholds.json"
     if target.is_file() and not force and target.stat().st_mtime_ns > oof_path.stat().st_mtime_ns:
         old = json.loads(target.read_text())
-        if old.get("temperature") == bool(cfg.thresholds.temperature):
+        if old.get("calibration") == method:
             return dict(old, skipped=True, dir=out)
-    y, p, folds = label_matrix(spec, train), oof[names].to_numpy(), oof["fold"].to_numpy()
+    y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
     t = fit_thresholds(y, p)
-    honest = np.zeros_like(p, dtype=bool)
-    for f in np.unique(folds):
-        tr, te = folds != f, folds == f
-        honest[te] = p[te] >= fit_thresholds(y[tr], p[tr])
-    f1_05, f1_fit, f1_honest = f1_per_class(y, p, 0.5), f1_per_class(y, p, t), f1_per_class(y, honest, 0.5)
+    f1_05, f1_fit, f1_honest = f1_per_class(y, p, 0.5), f1_per_class(y, p, t), honest_f1(y, p, folds)
     mean = lambda a: float(np.nanmean(a))  # noqa: E731
     result = dict(thresholds=dict(zip(names, t.tolist())), mF1_at_0_5=mean(f1_05), mF1_tuned=mean(f1_fit),
-                  mF1_honest=mean(f1_honest), temperature=bool(cfg.thresholds.temperature),
+                  mF1_honest=mean(f1_honest), calibration=method,
                   per_class={n: dict(threshold=float(t[c]), F1_at_0_5=_num(f1_05[c]), F1_tuned=_num(f1_fit[c]),
                                      F1_honest=_num(f1_honest[c])) for c, n in enumerate(names)})
-    if cfg.thresholds.temperature:
-        temps = np.array([fit_temperature(y[:, c], p[:, c]) for c in range(len(names))])
-        cal = 1 / (1 + np.exp(-_logit(p) / temps))
-        result.update(temperatures=dict(zip(names, temps.tolist())),
-                      ECE_before=float(np.mean([ece(y[:, c], p[:, c]) for c in range(len(names))])),
-                      ECE_after=float(np.mean([ece(y[:, c], cal[:, c]) for c in range(len(names))])))
+    if method != "none":
+        result.update(fit_calibration(method, y, p, folds, names))   # calibrators last: the long part
     write_text(target, json.dumps(result, indent=1))
     from cxrlt.evaluate.report import plot_f1
 

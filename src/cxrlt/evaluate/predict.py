@@ -1,38 +1,42 @@
 """Stage 04: out-of-fold, development and test predictions of a trained experiment, and its report.
 
 Each fold's best.pt predicts its own held-out images (OOF) and every development and test image,
-with and without horizontal-flip TTA from the same forward passes; test and development
-predictions are the mean over folds. Study aggregation (the view-weighted mean over a study's
-images) is applied when the recipe asks for it and the preset has a study column. Writes
+with and without the TTA views of `predict.tta` (all views from the same pass over the data, each
+view's OOF mAP reported); test and development predictions are the mean over folds. Study
+aggregation (the view-weighted mean over a study's images) is applied when the recipe asks for it
+and the preset has a study column, then normal gating (`predict.normal_gating`) when set. Writes
 experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
 import torch
 
 from cxrlt.models.checkpoint import load
-from cxrlt.config import Config, experiment_dir, save_resolved
+from cxrlt.config import Config, save_resolved
+from cxrlt.data.splits import training_data
+from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
+from cxrlt.runtime import precision_mode
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, stamps, write_text
 from cxrlt.data.images import Cache
-from cxrlt.models.inference import combine_tta, predict_loader
+from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader
 from cxrlt.data.loader import CxrDataset, make_loader
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.models.factory import create_model
-from cxrlt.evaluate.predictions import aggregate_studies, read_predictions, write_predictions
-from cxrlt.train.fold import precision_mode, check_fingerprint, fingerprint, fold_dir, training_data
+from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 
 
 def _checkpoints(cfg: Config) -> dict:
     """best.pt of every fold, or a one-line error naming the first fold without one."""
     out = {}
     for k in range(int(cfg.folds.k)):
-        p = fold_dir(cfg, k) / "best.pt"
+        p = best_checkpoint(cfg, k)
         if not p.is_file():
             raise CxrltError(f"fold {k} has no checkpoint {display_path(p)}; train it with "
                              f"src/03_train.py --config {display_path(cfg.recipe)} --fold {k}")
@@ -57,17 +61,43 @@ def _aggregate(cfg, spec, df, probs: np.ndarray) -> np.ndarray | None:
     return aggregate_studies(probs, df[spec.study_col], views, dict(pc.view_weights), float(pc.other_view_weight))
 
 
+def _check_settings(pc, spec):
+    """(extra TTA views, gating) from `predict`, gating being None or (normal column, kept columns,
+    alpha); a bad value is a one-line CxrltError naming the key."""
+    views = parse_views(pc.tta)
+    if pc.tta_mean not in TTA_MEANS:
+        raise CxrltError(f"predict.tta_mean must be one of {', '.join(TTA_MEANS)}, not '{pc.tta_mean}'")
+    alpha = pc.normal_gating
+    if alpha is None:
+        return views, None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 <= alpha < math.inf):
+        raise CxrltError(f"predict.normal_gating must be null or a number >= 0, not '{alpha}'")
+    names = list(spec.labels)
+    if spec.normal_label not in names:
+        raise CxrltError(f"predict.normal_gating={alpha}: dataset preset '{spec.name}' has no normal label to gate "
+                         f"with; set predict.normal_gating: null")
+    return views, (names.index(spec.normal_label), [names.index(x) for x in spec.normal_allows], float(alpha))
+
+
+def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
+    """Study aggregation (when asked for and possible), then normal gating (when set)."""
+    agg = _aggregate(cfg, spec, df, probs)
+    probs = agg if agg is not None else probs
+    return normal_gating(probs, *gate) if gate else probs
+
+
 def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
     from accelerate import Accelerator
     from tqdm import tqdm
 
     out = experiment_dir(cfg)
-    ckpts = _checkpoints(cfg)
     spec = resolve_dataset(cfg.data)
+    views, gate = _check_settings(cfg.predict, spec)
+    ckpts = _checkpoints(cfg)
     fp = fingerprint(cfg, spec)
     loaded = {k: load(path) for k, path in ckpts.items()}
     for k, path in ckpts.items():  # a changed recipe is the likelier cause of any later mismatch
-        check_fingerprint(loaded[k]["fingerprint"], fp, path)
+        check_fingerprint(loaded[k]["fingerprint"], fp, path, "retrain the experiment with src/03_train.py --force, or predict with the recipe it was trained with")
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
@@ -79,19 +109,16 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     spec, train_df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
     pc = cfg.predict
-    if pc.tta not in ("none", "hflip"):
-        raise CxrltError(f"predict.tta must be none or hflip, not '{pc.tta}'")
-    if pc.tta_mean not in ("prob", "logit"):
-        raise CxrltError(f"predict.tta_mean must be prob or logit, not '{pc.tta_mean}'")
-    accelerator = Accelerator(mixed_precision=precision_mode(pc))
+    accelerator = Accelerator(mixed_precision=precision_mode(pc, "predict.precision"))
     cache = Cache.from_config(cfg, spec.name)
     others = {s: t for s in ("dev", "test") if (t := _split_table(cfg, spec, s, cache)) is not None}
     n_tr = len(train_df)
-    # logits of the plain and mirrored views: OOF rows filled fold by fold, dev/test summed over folds
-    oof = {v: np.zeros((n_tr, len(names))) for v in ("plain", "tta")}
-    sums = {s: {v: np.zeros((len(t[0]), len(names))) for v in ("plain", "tta")} for s, t in others.items()}
+    # OOF probabilities of each view alone and of all views combined, filled fold by fold;
+    # dev/test: the combined probabilities summed over folds
+    oof_views = {v: np.zeros((n_tr, len(names))) for v in ("none", *views)}
+    oof_tta = np.zeros((n_tr, len(names)))
+    sums = {s: np.zeros((len(t[0]), len(names))) for s, t in others.items()}
     per_fold, t0 = {}, time.time()
-    hflip = pc.tta == "hflip"
     bs, workers = int(pc.batch_size), int(pc.workers)
     for k, path in tqdm(ckpts.items(), desc="folds", disable=not (progress and accelerator.is_main_process)):
         ck = loaded[k]
@@ -104,44 +131,44 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
         jobs = {"oof": [files[i] for i in held], **{s: t[1] for s, t in others.items()}}
         for job, job_files in jobs.items():
             loader = accelerator.prepare(make_loader(CxrDataset(job_files), bs, workers, False))
-            logits, _, idx, flipped = predict_loader(net, loader, accelerator, ck["mean"], ck["std"],
-                                                     cfg.train.channels_last, hflip)
+            logits, _, idx, extra = predict_loader(net, loader, accelerator, ck["mean"], ck["std"],
+                                                   cfg.train.channels_last, views=views)
             order = np.argsort(idx.numpy())
-            plain = torch.sigmoid(logits[order]).numpy()
-            tta = combine_tta(logits[order], flipped[order] if hflip else None, pc.tta_mean).numpy()
+            by_view = {"none": logits[order], **{v: t[order] for v, t in (extra or {}).items()}}
+            probs = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean).numpy()
             if job == "oof":
-                oof["plain"][held], oof["tta"][held] = plain, tta
-                per_fold[k] = map_score(y[held], tta)
+                for v, t in by_view.items():
+                    oof_views[v][held] = torch.sigmoid(t).numpy()
+                oof_tta[held] = probs
+                per_fold[k] = map_score(y[held], probs)
             else:
-                sums[job]["plain"] += plain
-                sums[job]["tta"] += tta
+                sums[job] += probs
         accelerator.free_memory()
     if not accelerator.is_main_process:
         return dict(skipped=False, dir=out)
 
-    # variants: with/without TTA x image/study level; the recipe's choice is the final one
-    variants, study_level = {}, {}
-    for name in ("plain", "tta") if hflip else ("plain",):
-        tag = "tta" if name == "tta" else "no_tta"
-        variants[f"{tag}/image"] = map_score(y, oof[name])
-        study_level[name] = _aggregate(cfg, spec, train_df, oof[name])
-        if study_level[name] is not None:
-            variants[f"{tag}/study"] = map_score(y, study_level[name])
-    key = "tta" if hflip else "plain"
-    study = study_level[key]
-    final = study if study is not None else oof[key]
-    final_key = ("tta" if hflip else "no_tta") + ("/study" if study is not None else "/image")
+    # variants: with/without TTA x image/study level (the recipe's choice, last, is the final one),
+    # then the final one gated when normal gating is set
+    variants = {}
+    for tag, probs in [("no_tta", oof_views["none"])] + ([("tta", oof_tta)] if views else []):
+        variants[f"{tag}/image"] = map_score(y, probs)
+        study = _aggregate(cfg, spec, train_df, probs)
+        if study is not None:
+            variants[f"{tag}/study"] = map_score(y, study)
+        final, final_key = (study, f"{tag}/study") if study is not None else (probs, f"{tag}/image")
+    if gate:
+        final, final_key = normal_gating(final, *gate), final_key + "/gated"
+        variants[final_key] = map_score(y, final)
     write_predictions(out / "oof.csv", train_df[spec.id_col], final, names, spec.id_col, fold=fold_of)
     # score what was written (and check it reads back with the training ids, in order)
     final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
     result = evaluate(y, final, names, y.sum(0), n_tr)
-    result.update(variants=variants, final=final_key, per_fold=per_fold, settings=_settings(cfg),
+    result.update(variants=variants, final=final_key, tta_views={v: map_score(y, p) for v, p in oof_views.items()},
+                  per_fold=per_fold, settings=_settings(cfg),
                   inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
     written = {"oof": out / "oof.csv"}
     for s, (df, _) in others.items():
-        probs = sums[s][key] / len(ckpts)
-        agg = _aggregate(cfg, spec, df, probs)
-        probs = agg if agg is not None else probs
+        probs = _postprocess(cfg, spec, df, sums[s] / len(ckpts), gate)
         name = "development.csv" if s == "dev" else "test.csv"
         write_predictions(out / name, df[spec.id_col], probs, names, spec.id_col)
         written[s] = out / name
@@ -158,15 +185,20 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
 
 
 def _settings(cfg) -> dict:
+    """The prediction settings that decide, with the inputs, whether stage 04 is up to date."""
     pc = cfg.predict
+    gating = pc.normal_gating
     return dict(tta=pc.tta, tta_mean=pc.tta_mean, study_aggregation=bool(pc.study_aggregation),
-                view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight))
+                view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight),
+                normal_gating=None if gating is None else float(gating))
 
 
 def summary_lines(r: dict) -> list[str]:
     """A one-screen summary of metrics.json."""
     lines = [f"OOF mAP {r['mAP']:.4f}  mAUC {r['mAUC']:.4f}  mF1@0.5 {r['mF1']:.4f}  ({r['final']}, {r['n_images']} images)",
              "  variants: " + ", ".join(f"{k} {v:.4f}" for k, v in r["variants"].items()),
+             *(["  views:    " + ", ".join(f"{k} {v:.4f}" for k, v in r["tta_views"].items())
+                + " (image level; combined: tta/image)"] if len(r.get("tta_views", {})) > 1 else []),
              "  groups:   " + ", ".join(f"{g} {v:.4f}" for g, v in r["groups"].items()),
              "  folds:    " + ", ".join(f"{k}: {v:.4f}" for k, v in r["per_fold"].items())]
     if r.get("development"):

@@ -57,3 +57,14 @@ def aggregate_studies(probs: np.ndarray, studies, views, weights: dict, other: f
     num = p.groupby(key).transform("sum").to_numpy()
     den = pd.Series(w).groupby(key).transform("sum").to_numpy()
     return num / den[:, None]
+
+
+def normal_gating(probs: np.ndarray, normal: int, keep=(), alpha: float = 1.0) -> np.ndarray:
+    """Normal gating (CXR-LT 2026 winner's post-processing): every finding's probability times
+    (1 - p_normal) ** alpha, p_normal being column `normal`; that column and the columns in `keep`
+    (labels that may co-occur with normal, e.g. Support Devices) are left unchanged."""
+    p = np.asarray(probs, np.float64)
+    out = p * (1.0 - p[:, [normal]]) ** float(alpha)
+    cols = [normal, *keep]
+    out[:, cols] = p[:, cols]
+    return out

@@ -1,0 +1,27 @@
+"""Stage 08: compare experiments over the same folds -> experiments/compare_<name>/table.md, table.csv, PNG.
+
+  python src/08_compare.py --recipes demo,demo_effnet,demo_blend [--name NAME] [--baseline demo]
+"""
+import argparse
+
+from cxrlt.cli import run_stage
+from cxrlt.ensemble.compare import compare_recipes
+from cxrlt.fileio import display_path
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", required=True,
+                   help="comma-separated experiment names (experiments/<r>.yaml) or recipe paths")
+    p.add_argument("--name", default=None, help="output folder compare_<name>; default the recipe names joined by '-'")
+    p.add_argument("--baseline", default=None, help="recipe the d_mAP and d_tail columns subtract; default the first")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override keys of every recipe")
+    args = p.parse_args()
+    recipes = [s.strip() for s in args.recipes.split(",") if s.strip()]
+    r = compare_recipes(recipes, args.name, args.baseline, args.overrides)
+    print(r["markdown"])
+    print("wrote " + ", ".join(display_path(f) for f in r["files"]))
+
+
+if __name__ == "__main__":
+    run_stage(main)

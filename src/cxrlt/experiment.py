@@ -1,0 +1,42 @@
+"""Where an experiment's files live, and what a checkpoint must agree on with the recipe using it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, project_path
+
+
+def experiment_dir(cfg) -> Path:
+    return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
+
+
+def fold_dir(cfg, fold: int) -> Path:
+    return experiment_dir(cfg) / f"fold{fold}"
+
+
+def last_checkpoint(cfg, fold: int) -> Path:
+    """Everything a resume needs, rewritten every epoch."""
+    return fold_dir(cfg, fold) / "last.pt"
+
+
+def best_checkpoint(cfg, fold: int) -> Path:
+    """The weights of the best validation epoch: what prediction uses."""
+    return fold_dir(cfg, fold) / "best.pt"
+
+
+def done_marker(cfg, fold: int) -> Path:
+    return fold_dir(cfg, fold) / "done.json"
+
+
+def fingerprint(cfg, spec) -> dict:
+    """What must not change between a checkpoint and the code that resumes or uses it."""
+    return dict(model=cfg.model.name, in_chans=int(cfg.model.in_chans), image_size=int(cfg.cache.size),
+                resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels))
+
+
+def check_fingerprint(saved: dict, current: dict, path, advice: str) -> None:
+    """One-line error naming what changed; `advice` says what the user can do about it."""
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if changed:
+        raise CxrltError(f"{display_path(path)}: recipe changed since this checkpoint ({'; '.join(changed)[:300]}); {advice}")

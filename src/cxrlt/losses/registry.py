@@ -1,0 +1,105 @@
+"""One registry of losses, chosen by `loss.name`. Each builder receives the loss section, the
+training class counts and the number of epochs, and declares the keys it reads: a key it does not
+read, set to anything but its default or off (0 / null / false), is refused instead of silently
+doing nothing.
+
+    @register("focal", keys=("alpha", "gamma", "label_smoothing"))
+    def _focal(lcfg, stats, weight, drw_epoch): ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from cxrlt.config import DEFAULTS_FILE
+from cxrlt.errors import CxrltError
+from cxrlt.losses.base import AsymmetricLoss, BCELoss, FocalLoss, MultiLabelLoss
+from cxrlt.losses.weights import class_weights
+
+WEIGHT_KEYS = ("class_weights", "cb_beta", "drw_epoch")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """What a loss may know about its training data: positives per class, images, epochs."""
+    positives: np.ndarray
+    n: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Callable
+    keys: tuple
+    weights: bool
+
+
+LOSSES: dict[str, _Entry] = {}
+
+
+def register(name: str, keys=(), weights: bool = True):
+    """Register a builder `(lcfg, stats, weight, drw_epoch) -> MultiLabelLoss` under `name`.
+    weights: the loss takes per-class weights (and so DRW)."""
+    def deco(fn):
+        LOSSES[name] = _Entry(fn, tuple(keys), weights)
+        return fn
+    return deco
+
+
+def _defaults() -> dict:
+    return yaml.safe_load(DEFAULTS_FILE.read_text())["loss"]
+
+
+def _check_keys(lcfg, name: str, entry: _Entry) -> None:
+    reads = {"name", *entry.keys, *(WEIGHT_KEYS if entry.weights else ())}
+    defaults = _defaults()
+    for key, value in lcfg.items():
+        if key not in reads and key in defaults and value != defaults[key] and value not in (None, False, 0):
+            raise CxrltError(f"loss.{key}={value!r} has no effect with loss.name={name} (it reads "
+                             f"{', '.join(sorted(reads - {'name'})) or 'no other key'}); remove it or pick another loss")
+
+
+def build_loss(lcfg, positives, n: int, epochs: int = 1) -> MultiLabelLoss:
+    """The recipe's loss; positives (C,) and n (training counts) feed class weights and margins."""
+    name = lcfg.get("name")
+    if name not in LOSSES:
+        raise CxrltError(f"loss.name must be one of {', '.join(sorted(LOSSES))}, not '{name}'")
+    entry = LOSSES[name]
+    _check_keys(lcfg, name, entry)
+    stats = TrainStats(np.asarray(positives, np.float64), int(n), int(epochs))
+    weight = class_weights(stats.positives, stats.n, lcfg.get("class_weights"), float(lcfg.get("cb_beta", 0.9999))) \
+        if entry.weights else None
+    drw = int(lcfg.get("drw_epoch") or 0) if entry.weights else 0
+    if drw and weight is None:
+        raise CxrltError(f"loss.drw_epoch={drw} defers class weights, but loss.class_weights is null")
+    if not 0 <= drw < max(stats.epochs, 1):
+        raise CxrltError(f"loss.drw_epoch={drw} must be in [0, train.epochs={stats.epochs})")
+    return entry.build(lcfg, stats, weight, drw)
+
+
+@register("bce", keys=("label_smoothing",))
+def _bce(lcfg, stats, weight, drw):
+    return BCELoss(float(lcfg.label_smoothing), weight, drw_epoch=drw)
+
+
+@register("weighted_bce", keys=("label_smoothing", "max_pos_weight"))
+def _weighted_bce(lcfg, stats, weight, drw):
+    """Positives up-weighted by their negative/positive ratio, capped at loss.max_pos_weight."""
+    pos = np.clip(stats.positives, 1, None)
+    pw = np.clip((stats.n - pos) / pos, 1, float(lcfg.max_pos_weight))
+    return BCELoss(float(lcfg.label_smoothing), weight, torch.tensor(pw, dtype=torch.float32), drw_epoch=drw)
+
+
+@register("focal", keys=("alpha", "gamma", "label_smoothing"))
+def _focal(lcfg, stats, weight, drw):
+    return FocalLoss(lcfg.alpha, float(lcfg.gamma), float(lcfg.label_smoothing), weight, drw_epoch=drw)
+
+
+@register("asl", keys=("gamma_neg", "gamma_pos", "clip", "label_smoothing"))
+def _asl(lcfg, stats, weight, drw):
+    return AsymmetricLoss(float(lcfg.gamma_neg), float(lcfg.gamma_pos), float(lcfg.clip),
+                          float(lcfg.label_smoothing), weight, drw_epoch=drw)

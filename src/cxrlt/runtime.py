@@ -1,0 +1,24 @@
+"""The runtime of one process: its precision and its Accelerator (one per process, made by the stage)."""
+from __future__ import annotations
+
+import torch
+
+from cxrlt.errors import CxrltError
+
+
+def precision_mode(section, key: str = "train.precision") -> str:
+    """The section's `precision` (no | fp16 | bf16) as accelerate names it; CPU runs use fp32."""
+    p = "no" if section.precision in (False, None) else str(section.precision)  # YAML 1.1 reads a bare `no` as false
+    if p not in ("no", "fp16", "bf16"):
+        raise CxrltError(f"{key} must be no, fp16 or bf16, not '{p}'")
+    if p != "no" and not torch.cuda.is_available():
+        return "no"  # CPU autocast is slower than fp32 on most CPUs
+    return p
+
+
+def make_accelerator(section, key: str = "train.precision", grad_accum: int = 1):
+    """An Accelerator for this process with the section's precision (seedable samplers: exact resume)."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    return Accelerator(mixed_precision=precision_mode(section, key), gradient_accumulation_steps=int(grad_accum),
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))

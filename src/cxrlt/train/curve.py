@@ -1,0 +1,28 @@
+"""The training curve of one fold (matplotlib PNG next to log.csv)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cxrlt.fileio import save_figure  # noqa: E402
+
+
+def plot_training_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Train/val loss and val mAP/mAUC per epoch."""
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot(ep, [h["val_mAP"] for h in history], "o-", label="val mAP")
+    b.plot(ep, [h["val_mAUC"] for h in history], "o-", label="val mAUC")
+    best = max(range(len(history)), key=lambda i: history[i]["val_mAP"])
+    b.annotate(f"best {history[best]['val_mAP']:.3f}", (ep[best], history[best]["val_mAP"]),
+               textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend(), b.grid(alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(path, fig)

@@ -1,0 +1,61 @@
+"""One training epoch and one validation pass, as functions (the shape of timm's train.py)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrlt.metrics import mean_ap
+from cxrlt.models.inference import predict_loader, to_model_input
+
+
+def set_epoch(epoch: int, *objs) -> None:
+    """Tell every object that changes with the epoch (dataset, sampler/loader, loss, model) which
+    epoch starts. Training state stays a function of (seed, fold, epoch): resume is exact."""
+    for o in objs:
+        if o is not None and hasattr(o, "set_epoch"):
+            o.set_epoch(epoch)
+
+
+def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, accelerator, tcfg, mean: float, std: float,
+                    batches: int, ema=None, bar=None) -> dict:
+    """Forward/backward over `batches` batches with accumulation, clipping, scheduler and EMA updates.
+    Returns train_loss (mean over images, all processes) and img_s."""
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    seen = torch.zeros((), device=accelerator.device)
+    t0 = time.time()
+    for step, (x, target, _) in enumerate(loader):
+        if step >= batches:
+            break
+        with accelerator.accumulate(model):
+            logits = model(to_model_input(x, mean, std, tcfg.channels_last))
+            loss = criterion(logits.float(), target)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tcfg.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), float(tcfg.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if ema is not None and accelerator.sync_gradients:
+            ema.update(net)
+        loss_sum += loss.detach() * len(x)
+        seen += len(x)
+        if bar is not None:
+            bar.update()
+            if step % int(tcfg.log_every) == 0:  # the only host sync in the loop, every log_every steps
+                bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}")
+    total = accelerator.reduce(seen, "sum")
+    return dict(train_loss=(accelerator.reduce(loss_sum, "sum") / total).item(), img_s=total.item() / (time.time() - t0))
+
+
+def validate(net, loader, accelerator, mean: float, std: float, channels_last: bool, names) -> dict:
+    """Every held-out image once: val_loss is plain unweighted BCE (comparable across recipes and
+    epochs, whatever the training loss), mAP and mAUC; probabilities and dataset indices returned."""
+    logits, labels, idx, _ = predict_loader(net, loader, accelerator, mean, std, channels_last)
+    val_loss = F.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
+    probs = torch.sigmoid(logits).numpy()
+    m = mean_ap(labels.numpy(), probs, names)
+    return dict(val_loss=val_loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, idx=np.asarray(idx.numpy()))

@@ -1,0 +1,44 @@
+"""Checkpoints of one fold (timm train.py's `last` + `best`), written atomically by the main process.
+
+`save_last` and `restore` are each other's mirror, built from one list of parts, so nothing saved
+is forgotten on resume (or resumed from nowhere). best.pt holds only what prediction needs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrlt.experiment import check_fingerprint
+from cxrlt.models.checkpoint import load, rng_state, save, set_rng_state
+
+
+class CheckpointSaver:
+    def __init__(self, last: Path, best: Path, fingerprint: dict, net, ema, optimizer, scheduler, scaler,
+                 mean: float, std: float, config: dict):
+        self.last, self.best = Path(last), Path(best)
+        self.fingerprint, self.mean, self.std, self.config = fingerprint, mean, std, config
+        # stateful parts: name -> object with state_dict()/load_state_dict() (None: not used in this run)
+        self.parts = dict(model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        self.eval_net = ema.module if ema is not None else net
+
+    def save_last(self, epoch: int, best: float, history: list[dict]) -> None:
+        """Everything a resume needs: every part's state, the epoch just finished, the RNG state."""
+        state = {k: (p.state_dict() if p is not None else None) for k, p in self.parts.items()}
+        save(dict(state, epoch=epoch, best=best, history=history, rng=rng_state(),
+                  fingerprint=self.fingerprint, config=self.config), self.last)
+
+    def restore(self, advice: str) -> tuple[int, list[dict], float] | None:
+        """Load last.pt into every part; returns (first epoch to run, history, best) or None if absent."""
+        if not self.last.is_file():
+            return None
+        ck = load(self.last)
+        check_fingerprint(ck["fingerprint"], self.fingerprint, self.last, advice)
+        for k, p in self.parts.items():
+            if p is not None and ck.get(k) is not None:
+                p.load_state_dict(ck[k])
+        set_rng_state(ck["rng"])
+        return ck["epoch"] + 1, ck["history"], ck["best"]
+
+    def save_best(self, epoch: int, metrics: dict) -> None:
+        """The weights that are validated (EMA when on), self-described for prediction."""
+        save(dict(model=self.eval_net.state_dict(), weights="ema" if self.parts["ema"] is not None else "raw",
+                  epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, mean=self.mean, std=self.std), self.best)

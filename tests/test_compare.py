@@ -1,0 +1,127 @@
+"""Stage 08: the comparison table against figures computed directly with scikit-learn."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from conftest import DEMO, run_script
+from cxrlt.config import load_config
+from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.data.labels import LABELS_2023
+from cxrlt.ensemble.compare import COLUMNS, compare_experiments
+from cxrlt.ensemble.thresholds import best_threshold, fit_thresholds
+from cxrlt.errors import CxrltError
+from cxrlt.metrics import evaluate
+
+
+@pytest.fixture
+def root(tiny_root, tmp_path):
+    """The tiny demo's training CSV (no images needed) with two tail classes (2 positives of 240)
+    and one class without a positive."""
+    train = pd.read_csv(tiny_root / "demo" / "train.csv", dtype=str, keep_default_na=False)
+    for c in ("Mass", "Hernia"):
+        train.loc[train[c].eq("1").cumsum().gt(2), c] = "0"
+    train["Tortuous Aorta"] = "0"
+    (tmp_path / "in" / "demo").mkdir(parents=True)
+    train.to_csv(tmp_path / "in" / "demo" / "train.csv", index=False)
+    return tmp_path / "in"
+
+
+def fake_experiment(root, out, name, quality, seed, folds=None, dev_map=None):
+    """An experiment folder as stages 03-04 leave it: oof.csv, metrics.json, fold*/log.csv."""
+    cfg = load_config(DEMO, [f"data.input_dir={root}", f"output_dir={out}", f"name={name}"])
+    spec = resolve_dataset(cfg.data)
+    train = read_split(spec, "train", labels="required")
+    y = label_matrix(spec, train)
+    rng = np.random.default_rng(seed)
+    p = np.clip(y * quality + rng.random(y.shape) * (1 - quality), 0, 1)
+    oof = pd.DataFrame(p, columns=LABELS_2023)
+    oof.insert(0, "dicom_id", train.dicom_id)
+    oof["fold"] = np.arange(len(y)) % 3 if folds is None else folds
+    out.mkdir(parents=True)
+    oof.to_csv(out / "oof.csv", index=False)
+    m = evaluate(y, p, LABELS_2023, y.sum(0), len(y))              # what stage 04 writes
+    if dev_map is not None:
+        m["development"] = {"mAP": dev_map}
+    (out / "metrics.json").write_text(json.dumps(m))
+    for k, secs in enumerate(([30.0, 45.0], [60.0])):
+        (out / f"fold{k}").mkdir()
+        log = pd.DataFrame({"epoch": range(1, len(secs) + 1), "time_s": secs})
+        log.to_csv(out / f"fold{k}" / "log.csv", index=False)
+    return cfg
+
+
+def direct(exp, root):
+    """The row's figures straight from oof.csv and the training labels, with scikit-learn."""
+    train = pd.read_csv(root / "demo" / "train.csv")
+    oof = pd.read_csv(exp / "oof.csv")
+    y, p, folds = train[LABELS_2023].to_numpy(), oof[LABELS_2023].to_numpy(), oof["fold"].to_numpy()
+    has = [c for c in range(26) if y[:, c].sum() > 0]
+    ap = {c: average_precision_score(y[:, c], p[:, c]) for c in has}
+    prev = y.mean(0)
+
+    def group(sel):
+        return np.mean([ap[c] for c in has if sel(prev[c])])
+
+    f1 = []
+    for c in has:
+        hit = np.zeros(len(y), bool)
+        for f in np.unique(folds):
+            hit[folds == f] = p[folds == f, c] >= best_threshold(y[folds != f, c], p[folds != f, c])
+        f1.append(f1_score(y[:, c], hit))
+    t = fit_thresholds(y, p)                                        # on all OOF: the flattering figure
+    return dict(mAP=np.mean(list(ap.values())), mAUC=np.mean([roc_auc_score(y[:, c], p[:, c]) for c in has]),
+                head=group(lambda q: q > 0.1), medium=group(lambda q: 0.01 <= q <= 0.1), tail=group(lambda q: q < 0.01),
+                mF1_honest=np.mean(f1), mF1_fitted=np.mean([f1_score(y[:, c], p[:, c] >= t[c]) for c in has]))
+
+
+def test_table_matches_sklearn(root, tmp_path):
+    cfgs = [fake_experiment(root, tmp_path / n, n, q, s, dev_map=d)
+            for n, q, s, d in (("a", 0.2, 1, 0.31), ("b", 0.35, 2, None), ("c", 0.1, 3, 0.2))]
+    r = compare_experiments(cfgs, tmp_path / "cmp", baseline="b")
+    table = pd.read_csv(tmp_path / "cmp" / "table.csv")
+    assert list(table.columns) == COLUMNS and list(table.recipe) == ["a", "b", "c"]     # rows as given
+    want = {n: direct(tmp_path / n, root) for n in "abc"}
+    for _, row in table.iterrows():
+        w = want[row.recipe]
+        for k in ("mAP", "mAUC", "head", "medium", "tail", "mF1_honest"):
+            assert row[k] == pytest.approx(w[k], abs=1e-9), (row.recipe, k)
+        assert row.mF1_honest < w["mF1_fitted"]                      # honest, not fitted on the same OOF
+        assert row.train_min == pytest.approx(135 / 60)
+        assert row.d_mAP == pytest.approx(w["mAP"] - want["b"]["mAP"], abs=1e-9)
+        assert row.d_tail == pytest.approx(w["tail"] - want["b"]["tail"], abs=1e-9)
+    assert table[["head", "medium", "tail", "d_tail"]].notna().all().all()
+    assert table.dev_mAP.tolist()[0] == 0.31 and np.isnan(table.dev_mAP[1])
+    md = (tmp_path / "cmp" / "table.md").read_text()
+    assert md == r["markdown"] and md.startswith("| recipe |") and "baseline: b" in md
+    line_a = next(line for line in md.splitlines() if line.startswith("| a "))
+    assert f"{want['a']['mAP']:.4f}" in line_a and " 0.3100 |" in line_a and " 2.2 |" in line_a
+    assert (tmp_path / "cmp" / "mAP_by_group.png").stat().st_size > 1000
+
+
+def test_refuses_other_folds_missing_outputs_and_unknown_baseline(root, tmp_path):
+    a = fake_experiment(root, tmp_path / "a", "a", 0.2, 1)
+    n = 240
+    b = fake_experiment(root, tmp_path / "b", "b", 0.2, 2, folds=(np.arange(n) + 1) % 3)
+    with pytest.raises(CxrltError, match="recipes 'a' and 'b': OOF folds differ"):
+        compare_experiments([a, b], tmp_path / "cmp")
+    with pytest.raises(CxrltError, match="baseline 'z' is not one of the compared recipes"):
+        compare_experiments([a], tmp_path / "cmp", baseline="z")
+    (tmp_path / "a" / "metrics.json").unlink()
+    with pytest.raises(CxrltError, match=r"recipe 'a': .*metrics.json not found; run src/04_predict.py --config "):
+        compare_experiments([a], tmp_path / "cmp")
+
+
+def test_compare_script(root, tmp_path):
+    for n, q in (("x", 0.3), ("y", 0.1)):
+        fake_experiment(root, tmp_path / "exp" / n, n, q, 5)
+        (tmp_path / f"{n}.yaml").write_text(f"base: {DEMO}\noutput_dir: {tmp_path / 'exp' / n}\n")
+    ov = [f"data.input_dir={root}", f"compare.dir={tmp_path / 'cmp'}"]
+    res = run_script("src/08_compare.py", "--recipes", f"{tmp_path / 'x.yaml'},{tmp_path / 'y.yaml'}", *ov)
+    assert res.returncode == 0, res.stderr
+    assert "| x " in res.stdout and "| y " in res.stdout and "baseline: x" in res.stdout
+    assert (tmp_path / "cmp" / "compare_x-y" / "table.csv").is_file()
+    bad = run_script("src/08_compare.py", "--recipes", "no_such_recipe", *ov)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "recipe not found" in bad.stderr
