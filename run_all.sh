@@ -5,16 +5,17 @@
 #   bash run_all.sh                          # competition data under input/ if present, else the demo
 #   bash run_all.sh --recipes effv2s_768,convnext_768 --blend blend_768   # explicit recipes
 #   bash run_all.sh --from 04 | --only 02 | --force | key=value ...       # resume, one stage, redo, override
+#   bash run_all.sh --compare lt_demo        # method table: recipes of experiments/lt_demo.txt (or a,b,c)
 #
 # Stages: 00 demo data, 01 image cache, 02 folds, 03 train, 04 predict, 05 blend, 06 thresholds,
-# 07 submission. Training and prediction go through `accelerate launch` when a GPU or an
-# accelerate config is present (so `accelerate config` decides GPUs, nodes and precision).
+# 07 submission; with --compare: 01-04 per recipe, then 08 the comparison table. Training and
+# prediction go through `accelerate launch` when a GPU or an accelerate config is present.
 set -euo pipefail
 cd "$(dirname "$0")"
 export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-python}
-RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=()
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=() COMPARE="" CNAME=""
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --recipes) RECIPES=$2; shift 2 ;;
@@ -22,14 +23,24 @@ while [ $# -gt 0 ]; do
     --from) FROM=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --force) FORCE=--force; shift ;;
+    --compare) COMPARE=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *=*) OVERRIDES+=("$1"); shift ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 for s in "$FROM" ${ONLY:+"$ONLY"}; do
-  case "$s" in 0[0-7]) ;; *) echo "run_all.sh: stages are 00..07, not '$s'" >&2; exit 2 ;; esac
+  case "$s" in 0[0-8]) ;; *) echo "run_all.sh: stages are 00..08, not '$s'" >&2; exit 2 ;; esac
 done
+if [ -n "$COMPARE" ]; then  # a list file experiments/<name>.txt (one recipe a line) or a comma-separated list
+  if [ -f "experiments/$COMPARE.txt" ]; then
+    CNAME=$COMPARE RECIPES=$(grep -v '^\s*\(#\|$\)' "experiments/$COMPARE.txt" | paste -sd, -)
+  else
+    RECIPES=$COMPARE
+  fi
+  BLEND=""
+  echo "comparison of $RECIPES"
+fi
 want() { if [ -n "$ONLY" ]; then [ "$1" = "$ONLY" ]; else [ "$1" \> "$FROM" ] || [ "$1" = "$FROM" ]; fi; }
 
 # Which data: the first competition release found under input/, else the synthetic demo.
@@ -76,6 +87,11 @@ for r in "${RLIST[@]}"; do
   if want 03; then stage "03 train [$r]"; run $LAUNCH src/03_train.py --config "$cfg" $FORCE; fi
   if want 04; then stage "04 predict [$r]"; run $LAUNCH src/04_predict.py --config "$cfg" $FORCE; fi
 done
+if [ -n "$COMPARE" ]; then
+  if want 08; then stage "08 compare"; run $PY src/08_compare.py --recipes "$RECIPES" ${CNAME:+--name "$CNAME"}; fi
+  echo "total $(( $(date +%s) - t0 )) s"
+  exit 0
+fi
 FINAL=${BLEND:-${RLIST[0]}}
 if [ -n "$BLEND" ] && want 05; then
   stage "05 blend [$BLEND]"; run $PY src/05_blend.py --config "experiments/$BLEND.yaml" $FORCE "blend.members=[$RECIPES]"
