@@ -15,11 +15,10 @@ def main():
     import torch
     from accelerate import Accelerator
 
-    from cxrlt.models.inference import predict_loader
     from cxrlt.data.loader import CxrDataset, make_loader
-    from cxrlt.models.inference import to_model_input
-    from cxrlt.models.factory import create_model
     from cxrlt.data.splits import training_data
+    from cxrlt.models.factory import create_model
+    from cxrlt.models.inference import predict_loader, to_model_input
     from cxrlt.runtime import precision_mode
 
     acc = Accelerator(mixed_precision=precision_mode(cfg.predict, "predict.precision"))

@@ -12,40 +12,39 @@ from _common import add_common_args, bench_config, device_line
 
 
 def bare_rate(cfg, args, compile_model: bool) -> float:
-    """img/s of forward + backward + AdamW step on random uint8 batches already on the device."""
+    """img/s of stage 03's own training step (train_one_epoch: the recipe's loss, AdamW, scheduler,
+    clipping, accumulation, EMA) on random uint8 batches already on the device: no loader, no decode."""
+    import timm.optim
     import torch
-    from accelerate import Accelerator
+    from timm.utils import ModelEmaV3
 
-    from cxrlt.models.inference import to_model_input
-    from cxrlt.losses.binary import build_loss
+    from cxrlt.losses import build_loss
     from cxrlt.models.factory import create_model
-    from cxrlt.runtime import precision_mode
+    from cxrlt.runtime import make_accelerator
+    from cxrlt.train.loop import train_one_epoch
 
-    acc = Accelerator(mixed_precision=precision_mode(cfg.train))
+    tcfg = cfg.train
+    acc = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    model, opt = acc.prepare(net, opt)
+    ema = ModelEmaV3(net, decay=float(tcfg.ema_decay)) if tcfg.ema else None
+    opt = timm.optim.create_optimizer_v2(net, "adamw", lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    model, opt, sched = acc.prepare(net, opt, sched)
     if compile_model:
         model = torch.compile(model)
-    loss_fn = build_loss(cfg.loss, torch.ones(26).numpy() * 10, 100).to(acc.device)
+    loss_fn = build_loss(cfg.loss, torch.ones(26).numpy() * 10, 100, int(tcfg.epochs)).to(acc.device)
     x = torch.randint(0, 255, (args.batch_size, 1, args.size, args.size), dtype=torch.uint8, device=acc.device)
     y = (torch.rand(args.batch_size, 26, device=acc.device) < 0.1).float()
+    idx = torch.arange(args.batch_size, device=acc.device)
 
-    def step():
-        loss = loss_fn(model(to_model_input(x, 0.45, 0.23, True)).float(), y)
-        acc.backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def run(steps: int) -> float:
+        return train_one_epoch(model, net, [(x, y, idx)] * steps, loss_fn, opt, sched, acc, tcfg, 0.45, 0.23,
+                               steps, ema)["img_s"]
 
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    return args.steps * args.batch_size / (time.perf_counter() - t)
+    run(args.warmup)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return run(args.steps)  # the loss is read back at the end of the epoch: the device has finished
 
 
 def real_rate(cfg, args) -> float:

@@ -1,7 +1,7 @@
 """Stage 01: decode every referenced image once, resize to cache.size, write the cache under input/."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.fileio import display_path
 from cxrlt.data.images import prepare_dataset_cache
+from cxrlt.fileio import display_path
 
 
 def main():

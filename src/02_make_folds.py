@@ -1,7 +1,7 @@
 """Stage 02: patient-grouped, multilabel-stratified K folds of the training CSV -> folds/<dataset>_folds.csv."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.fileio import display_path
 from cxrlt.data.folds import build_folds
+from cxrlt.fileio import display_path
 
 
 def main():

@@ -4,8 +4,8 @@ metrics.json and report plots. Through accelerate for several GPUs:
     accelerate launch src/04_predict.py --config experiments/effv2s_768.yaml
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.fileio import display_path
 from cxrlt.evaluate.predict import predict_experiment, summary_lines
+from cxrlt.fileio import display_path
 
 
 def main():

@@ -1,6 +1,6 @@
 """Stage 05: blend member experiments' OOF and test predictions (mean, rank or fitted weights)."""
-from cxrlt.ensemble.blend import blend_experiment
 from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.ensemble.blend import blend_experiment
 from cxrlt.fileio import display_path
 
 

@@ -1,7 +1,7 @@
 """Stage 06: per-class F1-optimal thresholds from OOF predictions -> thresholds.json (+ calibration)."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.fileio import display_path
 from cxrlt.ensemble.thresholds import tune_thresholds
+from cxrlt.fileio import display_path
 
 
 def main():

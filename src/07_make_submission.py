@@ -7,8 +7,8 @@ import argparse
 
 from cxrlt.cli import run_stage
 from cxrlt.config import load_config
-from cxrlt.fileio import display_path
 from cxrlt.ensemble.submission import check_file, make_submission
+from cxrlt.fileio import display_path
 
 
 def main():

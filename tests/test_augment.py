@@ -2,13 +2,12 @@ import random
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-from cxrlt.data.augment import build_transform, combine_labels, mosaic
 from cxrlt.config import load_config
+from cxrlt.data.augment import build_transform, combine_labels, mosaic
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.data.loader import CxrDataset, repeat_factors
-
-from conftest import ROOT
 
 NF, SD, AT, EF = (LABELS_2023.index(x) for x in ("No Finding", "Support Devices", "Atelectasis", "Pleural Effusion"))
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SMALL = ["--model", "test_resnet", "--size", "32", "--batch-size", "8", "--workers", "1", "--steps", "4",

@@ -1,4 +1,3 @@
-import io
 import json
 import subprocess
 import sys
@@ -7,16 +6,16 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, cfg_at
-from cxrlt.ensemble.blend import blend_experiment, combine, fit_weights
+
 from cxrlt.config import load_config
 from cxrlt.data.datasets import resolve_dataset
-from cxrlt.errors import CxrltError
 from cxrlt.data.labels import LABELS_2023, LABELS_2024_TASK2, LABELS_2026
-from cxrlt.metrics import per_class
+from cxrlt.ensemble.blend import blend_experiment, combine, fit_weights
 from cxrlt.ensemble.submission import check_file, make_submission
 from cxrlt.ensemble.thresholds import best_threshold, ece, fit_temperature, tune_thresholds
+from cxrlt.errors import CxrltError
+from cxrlt.metrics import per_class
 
 
 def noisy(y, quality, rng):

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DEMO, run_script
 from sklearn.isotonic import IsotonicRegression
 
-from conftest import DEMO, run_script
 from cxrlt.config import load_config
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.ensemble.thresholds import apply_calibration, ece, fit_calibration, tune_thresholds

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DEMO, run_script
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from conftest import DEMO, run_script
 from cxrlt.config import load_config
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.data.labels import LABELS_2023

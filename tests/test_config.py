@@ -1,7 +1,7 @@
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from cxrlt.config import load_config, parse_value, save_resolved
 from cxrlt.errors import CxrltError
 

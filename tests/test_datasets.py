@@ -3,8 +3,8 @@ import pytest
 
 from cxrlt.config import Config
 from cxrlt.data.datasets import PRESETS, check_images_exist, read_split, resolve_dataset
-from cxrlt.errors import CxrltError
 from cxrlt.data.labels import LABELS_2023
+from cxrlt.errors import CxrltError
 
 
 def data_cfg(**kw):

@@ -7,7 +7,6 @@ import zipfile
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 
 TINY = ["cache.size=32", "train.epochs=2", "train.batch_size=16", "train.workers=0", "train.val_batch_size=64",

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
-
 from conftest import run_script
+
 from cxrlt.config import Config
 from cxrlt.data.datasets import resolve_dataset
 from cxrlt.data.demo import make_tables

@@ -1,15 +1,14 @@
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REALDATA, run_script
 from PIL import Image
 
-from conftest import REALDATA, ROOT, run_script
 from cxrlt.config import load_config
 from cxrlt.data.datasets import resolve_dataset
-from cxrlt.errors import CxrltError
 from cxrlt.data.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
+from cxrlt.errors import CxrltError
 
 
 def ramp(h=40, w=30):

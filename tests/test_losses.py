@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from cxrlt.config import Config
 from cxrlt.errors import CxrltError
 from cxrlt.losses import FocalLoss, build_loss, class_weights

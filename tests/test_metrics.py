@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from cxrlt.metrics import evaluate, mean_ap
 from cxrlt.evaluate.predictions import aggregate_studies
+from cxrlt.metrics import evaluate, mean_ap
 
 NAMES = ["a", "b", "c", "d"]
 

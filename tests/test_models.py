@@ -59,6 +59,7 @@ def test_input_stats_average_rgb():
 @pytest.mark.parametrize("recipe,arch", [("effv2s_768", "tf_efficientnetv2_s"), ("convnext_768", "convnext_small")])
 def test_real_recipes_build_their_backbones(recipe, arch):
     from conftest import ROOT
+
     from cxrlt.config import load_config
 
     cfg = load_config(ROOT / "experiments" / f"{recipe}.yaml", ["model.pretrained=false"])

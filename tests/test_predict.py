@@ -6,20 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import cfg_at
-from cxrlt.models.checkpoint import load
+
 from cxrlt.config import Config
-from cxrlt.errors import CxrltError
 from cxrlt.data.images import read_cached
-from cxrlt.models.inference import combine_tta, predict_loader
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.models.inference import to_model_input
-from cxrlt.metrics import per_class
-from cxrlt.models.factory import create_model
-from cxrlt.evaluate.predict import predict_experiment
 from cxrlt.data.splits import training_data
+from cxrlt.errors import CxrltError
+from cxrlt.evaluate.predict import predict_experiment
+from cxrlt.metrics import per_class
+from cxrlt.models.checkpoint import load
+from cxrlt.models.factory import create_model
+from cxrlt.models.inference import combine_tta, predict_loader, to_model_input
 
 
 def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base, trained, tmp_path):

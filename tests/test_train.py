@@ -8,15 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import DEMO, ROOT, cfg_at
-from cxrlt.models.checkpoint import load
+
 from cxrlt.errors import CxrltError
+from cxrlt.models.checkpoint import load
 from cxrlt.models.factory import create_model
 from cxrlt.train.fold import train_fold
-
-
-
 
 
 def fold_ids(cfg, fold):

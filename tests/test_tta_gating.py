@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import cfg_at
+
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predict import predict_experiment

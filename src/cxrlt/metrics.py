@@ -9,7 +9,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 
-
 def prevalence_groups(counts, n_total) -> list[str]:
     """head > 10 %, medium 1-10 %, tail < 1 % of training images (DESIGN.md section 1)."""
     out = []

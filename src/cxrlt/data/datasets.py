@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlt.data.labels import LABELS_2023, LABELS_2024, LABELS_2024_TASK2, LABELS_2026
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
-from cxrlt.data.labels import LABELS_2023, LABELS_2024, LABELS_2024_TASK2, LABELS_2026
 
 SPLITS = ("train", "dev", "test")
 

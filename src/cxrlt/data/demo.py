@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxrlt.data.labels import COUNTS_2023, LABELS_2023, N_TRAIN_2023
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, save_figure, write_bytes, write_csv, write_text
-from cxrlt.data.labels import COUNTS_2023, LABELS_2023, N_TRAIN_2023
 
 META_COLS = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "path"]
 VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from cxrlt.data.augment import MOSAIC_VARIANTS, build_transform, combine_labels, cutmix_box, mosaic
-from cxrlt.errors import CxrltError
 from cxrlt.data.images import read_cached
+from cxrlt.errors import CxrltError
 
 
 class CxrDataset(Dataset):

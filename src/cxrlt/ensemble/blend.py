@@ -13,16 +13,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.experiment import experiment_dir
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
+from cxrlt.evaluate.predictions import read_predictions, write_predictions
+from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, stamps, write_text
 from cxrlt.metrics import evaluate, map_score
-from cxrlt.evaluate.predictions import read_predictions, write_predictions
 
 
 def member_dir(name: str) -> Path:
@@ -105,7 +104,7 @@ def blend_experiment(cfg: Config, force: bool = False) -> dict:
     train = read_split(spec, "train", labels="required")
     ids, folds, oof = load_members(members, names, id_col, "oof")
     if ids != train[id_col].tolist():
-        raise CxrltError(f"blend: the members' OOF ids are not the training CSV's ids in order")
+        raise CxrltError("blend: the members' OOF ids are not the training CSV's ids in order")
     inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in ("oof.csv", "test.csv", "development.csv")
                      if (member_dir(m) / f).is_file()})
     settings = dict(members=members, mode=bc.mode, fit_steps=int(bc.fit_steps))

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.config import Config
-from cxrlt.experiment import experiment_dir
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.errors import CxrltError
+from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, write_atomic, write_csv
 
 

@@ -17,12 +17,12 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve
 
 from cxrlt.config import Config
-from cxrlt.experiment import experiment_dir
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
+from cxrlt.evaluate.predictions import read_predictions
+from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, write_text
 from cxrlt.metrics import f1_per_class
-from cxrlt.evaluate.predictions import read_predictions
 
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:

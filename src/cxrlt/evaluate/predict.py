@@ -16,20 +16,20 @@ import time
 import numpy as np
 import torch
 
-from cxrlt.models.checkpoint import load
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.splits import training_data
-from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
-from cxrlt.runtime import precision_mode
 from cxrlt.data.datasets import read_split, resolve_dataset
-from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, stamps, write_text
 from cxrlt.data.images import Cache
-from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.metrics import evaluate, map_score
-from cxrlt.models.factory import create_model
+from cxrlt.data.splits import training_data
+from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
+from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
+from cxrlt.fileio import display_path, stamps, write_text
+from cxrlt.metrics import evaluate, map_score
+from cxrlt.models.checkpoint import load
+from cxrlt.models.factory import create_model
+from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader
+from cxrlt.runtime import make_accelerator
 
 
 def _checkpoints(cfg: Config) -> dict:
@@ -87,7 +87,6 @@ def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
 
 
 def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
-    from accelerate import Accelerator
     from tqdm import tqdm
 
     out = experiment_dir(cfg)
@@ -97,7 +96,8 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     fp = fingerprint(cfg, spec)
     loaded = {k: load(path) for k, path in ckpts.items()}
     for k, path in ckpts.items():  # a changed recipe is the likelier cause of any later mismatch
-        check_fingerprint(loaded[k]["fingerprint"], fp, path, "retrain the experiment with src/03_train.py --force, or predict with the recipe it was trained with")
+        check_fingerprint(loaded[k]["fingerprint"], fp, path,
+                          "predict with the recipe it was trained with, or retrain it (src/03_train.py --force)")
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
@@ -109,7 +109,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     spec, train_df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
     pc = cfg.predict
-    accelerator = Accelerator(mixed_precision=precision_mode(pc, "predict.precision"))
+    accelerator = make_accelerator(pc, "predict.precision")
     cache = Cache.from_config(cfg, spec.name)
     others = {s: t for s in ("dev", "test") if (t := _split_table(cfg, spec, s, cache)) is not None}
     n_tr = len(train_df)
