@@ -54,3 +54,36 @@ def test_missing_and_invalid_recipe(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(CxrltError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_misspelt_key_in_a_recipe_file_is_refused_with_file_key_and_hint(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {DEMO}\nlos:\n  name: bce\n")
+    with pytest.raises(CxrltError, match=r"child.yaml: unknown key 'los'; did you mean loss\?"):
+        load_config(child)
+    child.write_text(f"base: {DEMO}\nloss:\n  nmae: bce\n")
+    with pytest.raises(CxrltError, match=r"child.yaml: unknown key 'loss.nmae'; did you mean loss.name\?"):
+        load_config(child)
+    base = tmp_path / "base.yaml"                                   # a typo in a base recipe names that file
+    base.write_text(f"base: {DEMO}\ntrain:\n  epoch: 3\n")
+    child.write_text("base: base.yaml\n")
+    with pytest.raises(CxrltError, match=r"base.yaml: unknown key 'train.epoch'; did you mean train.epochs"):
+        load_config(child)
+    child.write_text(f"base: {DEMO}\npredict:\n  view_weights: {{AP_SUPINE: 4}}\n")   # an open mapping
+    assert load_config(child).predict.view_weights["AP_SUPINE"] == 4
+
+
+def test_every_shipped_recipe_loads():
+    for path in (ROOT / "experiments").glob("*.yaml"):
+        load_config(path)
+    for lst in (ROOT / "experiments").glob("*.txt"):
+        for name in lst.read_text().split():
+            assert (ROOT / "experiments" / f"{name}.yaml").is_file(), (lst.name, name)
+
+
+def test_precision_errors_name_their_key():
+    from cxrlt.config import Config
+    from cxrlt.runtime import precision_mode
+
+    with pytest.raises(CxrltError, match="predict.precision must be no, fp16 or bf16, not 'fp8'"):
+        precision_mode(Config(precision="fp8"), "predict.precision")

@@ -51,3 +51,14 @@ def test_run_all_on_a_tiny_demo(tmp_path):
     r2 = subprocess.run(["bash", "run_all.sh", *TINY], cwd=proj, capture_output=True, text=True, env=env, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "epoch 1/2" not in r2.stdout and "already finished" in r2.stdout and "up to date" in r2.stdout
+    # the method comparison: a list file, one recipe already done (skipped), one long-tail recipe trained
+    (exp / "tiny_ldam_drw.yaml").write_text("base: demo_lt_cb_ldam_drw.yaml\nloss:\n  drw_epoch: 1\n")
+    (exp / "lt_tiny.txt").write_text("# two methods\ndemo\ntiny_ldam_drw\n")
+    r3 = subprocess.run(["bash", "run_all.sh", "--compare", "lt_tiny", *TINY], cwd=proj,
+                        capture_output=True, text=True, env=env, timeout=900)
+    assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
+    table = pd.read_csv(exp / "compare_lt_tiny" / "table.csv")
+    assert table.recipe.tolist() == ["demo", "tiny_ldam_drw"] and table.mAP.notna().all()
+    assert (exp / "compare_lt_tiny" / "mAP_by_group.png").is_file() and "tiny_ldam_drw" in r3.stdout
+    log = pd.read_csv(exp / "tiny_ldam_drw" / "fold0" / "log.csv")
+    assert log.loss_weighted.tolist() == [False, True]                # DRW switched on at epoch 1
