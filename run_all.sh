@@ -63,8 +63,14 @@ fi
 IFS=, read -r -a RLIST <<< "$RECIPES"
 for r in "${RLIST[@]}"; do  # stage 00 is needed when a recipe uses the demo preset
   [ -f "experiments/$r.yaml" ] || { echo "run_all.sh: no recipe experiments/$r.yaml" >&2; exit 2; }
-  p=$(PYTHONPATH=src $PY -c "from cxrlt.config import load_config as l; import sys; print(l(sys.argv[1], sys.argv[2:]).data.preset)" \
-      "experiments/$r.yaml" "${OVERRIDES[@]}") || exit 2
+  p=$(PYTHONPATH=src $PY -c "
+import sys
+from cxrlt.config import load_config
+from cxrlt.errors import CxrltError
+try:
+    print(load_config(sys.argv[1], sys.argv[2:]).data.preset)
+except CxrltError as e:
+    sys.exit(f'error: {e}')" "experiments/$r.yaml" "${OVERRIDES[@]}") || exit 2
   [ "$p" = demo ] && DEMO=1
 done
 if [ -n "${LAUNCH:-}" ]; then :

@@ -12,9 +12,12 @@ def main():
         print(f"{display_path(r['path'])}: already there for seed {cfg.folds.seed}, k={cfg.folds.k}; --force rebuilds it")
     print(r["table"].to_string())
     imb = r["imbalance"]
-    worst = imb.ratio.idxmax()
-    print(f"worst balance among classes with >= 5*k positives: {worst}, off even ({imb.even[worst]:.1f}) by "
-          f"{imb.max_dev[worst]:.1f} images (allowed 1 + 10% = {imb.allowed[worst]:.1f})")
+    if len(imb):
+        worst = imb.ratio.idxmax()
+        print(f"worst balance among classes with >= 5*k positives: {worst}, off even ({imb.even[worst]:.1f}) by "
+              f"{imb.max_dev[worst]:.1f} images (allowed 1 + 10% = {imb.allowed[worst]:.1f})")
+    else:
+        print(f"no class has >= 5*k = {5 * int(cfg.folds.k)} positives: balance not measured")
     if not r["skipped"]:
         print(f"wrote {display_path(r['path'])} ({r['n_images']} images, {r['n_patients']} patients, k={cfg.folds.k})")
 

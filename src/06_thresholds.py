@@ -17,7 +17,8 @@ def main():
               f"{r['ECE_honest']:.4f} (honest: calibrators from the other folds)")
         if r["no_calibrator"]:
             print(f"no calibrator (no positive in OOF; left as is): {', '.join(r['no_calibrator'])}")
-    print(f"wrote {display_path(r['dir'])}/thresholds.json, f1_per_class.png")
+    if not r["skipped"]:
+        print(f"wrote {display_path(r['dir'])}/thresholds.json, f1_per_class.png")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--binary", action="store_true", help="0/1 with tuned thresholds (for F1 leaderboards)")
-    p.add_argument("--check", metavar="FILE", help="only validate FILE (CSV or zip); exit 2 with the reason if bad")
+    p.add_argument("--check", metavar="FILE",
+                   help="only validate FILE (CSV or zip); exit 2 with a one-line reason if bad or unreadable")
     p.add_argument("--name", help="submission file name (default: the experiment name)")
     p.add_argument("--force", action="store_true", help="accepted for symmetry with the other stages; a submission is always rewritten")
     p.add_argument("overrides", nargs="*", metavar="key=value")

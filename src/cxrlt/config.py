@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +20,21 @@ from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path, write_yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as recipes are written: `1e-2` and `3e4` are numbers (YAML 1.2), where PyYAML's YAML 1.1
+    rules read them as strings and a run would crash at its first step."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Config(dict):
@@ -47,7 +63,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise CxrltError(f"{path}: recipe not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise CxrltError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -98,7 +114,7 @@ def _load_recipe(path: Path, seen: tuple = (), defaults: dict | None = None) -> 
 def parse_value(text: str) -> Any:
     """A command-line value: YAML scalars and lists (`[a, b]`), plus numbers YAML 1.1 misses (`3e-4`)."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -135,18 +151,88 @@ def apply_override(cfg: dict, item: str) -> None:
             node = node[part]
 
 
+# Keys that count things: whole numbers only. Every other key whose default is a number takes any number.
+INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "folds.k", "folds.seed", "train.epochs", "train.batch_size",
+                "train.val_batch_size", "train.grad_accum", "train.workers", "train.log_every",
+                "train.max_steps_per_epoch", "predict.batch_size", "predict.workers", "blend.fit_steps",
+                "augment.mosaic_off_last_epochs", "loss.drw_epoch"}
+# (low, high, low inclusive, high inclusive); None = unbounded
+_PROB = (0, 1, True, True)
+RANGES = {
+    "cache.size": (8, None, True, None), "cache.workers": (0, None, True, None), "folds.k": (2, None, True, None),
+    "train.epochs": (1, None, True, None), "train.batch_size": (1, None, True, None),
+    "train.val_batch_size": (1, None, True, None), "train.lr": (0, None, False, None),
+    "train.weight_decay": (0, None, True, None), "train.warmup_epochs": (0, None, True, None),
+    "train.min_lr_ratio": _PROB, "train.grad_clip": (0, None, True, None), "train.grad_accum": (1, None, True, None),
+    "train.ema_decay": (0, 1, True, False), "train.workers": (0, None, True, None), "train.log_every": (1, None, True, None),
+    "train.max_steps_per_epoch": (1, None, True, None), "train.class_aware_t": (0, 1, False, True),
+    "train.class_aware_cap": (1, None, True, None), "predict.batch_size": (1, None, True, None),
+    "predict.workers": (0, None, True, None), "blend.fit_steps": (1, None, True, None),
+    "loss.label_smoothing": (0, 1, True, False), "loss.drw_epoch": (0, None, True, None),
+    "augment.mosaic_min_visible": _PROB, "augment.mosaic_off_last_epochs": (0, None, True, None),
+    "augment.mixup_alpha": (0, None, False, None), "augment.balanced_mixup_alpha": (0, None, False, None),
+    "model.drop_rate": (0, 1, True, False), "model.drop_path_rate": (0, 1, True, False),
+    **{f"augment.{k}": _PROB for k in ("hflip", "affine", "brightness_contrast", "dropout", "mosaic", "mixup",
+                                        "cutmix", "balanced_mixup")},
+}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_values(cfg: dict, defaults: dict, prefix: str = "") -> None:
+    """Every value against its default's type and the documented range, before any work starts;
+    whole numbers written as 3.0 become 3. One-line CxrltError naming the key and the value."""
+    for key, default in defaults.items():
+        path, value = f"{prefix}{key}", cfg.get(key)
+        if isinstance(default, dict):
+            if isinstance(value, dict) and path not in OPEN_SECTIONS:
+                check_values(value, default, f"{path}.")
+            continue
+        if value is None or default is None and path not in INTEGER_KEYS | set(RANGES):
+            continue
+        if path in INTEGER_KEYS or _is_number(default):
+            if not _is_number(value):
+                kind = "a whole number" if path in INTEGER_KEYS else "a number"
+                raise CxrltError(f"{path}={value!r}: must be {kind}")
+            if path in INTEGER_KEYS:
+                if float(value) != int(value):
+                    raise CxrltError(f"{path}={value!r}: must be a whole number")
+                cfg[key] = value = int(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise CxrltError(f"{path}={value!r}: must be true or false")
+        if path in RANGES:
+            lo, hi, lo_in, hi_in = RANGES[path]
+            if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
+                    (hi is not None and (value > hi or (value == hi and not hi_in))):
+                lo_s = "" if lo is None else f"{'>=' if lo_in else '>'} {lo}"
+                hi_s = "" if hi is None else f"{'<=' if hi_in else '<'} {hi}"
+                raise CxrltError(f"{path}={value!r}: must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+
+
 def load_config(recipe: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Defaults <- recipe (with its `base:` chain) <- command-line overrides."""
+    """Defaults <- recipe (with its `base:` chain) <- command-line overrides, every value checked."""
     path = project_path(recipe)
-    defaults = yaml.safe_load(DEFAULTS_FILE.read_text())
+    defaults = load_yaml(DEFAULTS_FILE.read_text())
     merged = deep_merge(defaults, _load_recipe(path, defaults=defaults))
     for item in overrides:
         apply_override(merged, item)
+    check_values(merged, defaults)
     if not merged.get("name"):
         merged["name"] = path.stem
     cfg = Config(merged)
     cfg["recipe"] = str(path)
+    cfg["overrides"] = list(overrides)
     return cfg
+
+
+def rerun_hint(cfg: Config, script: str, *extra: str) -> str:
+    """The command that redoes a stage for this recipe, with the user's own overrides carried."""
+    from cxrlt.fileio import display_path
+
+    parts = [f"src/{script}", "--config", display_path(cfg.recipe), *extra, *cfg.get("overrides", [])]
+    return " ".join(p if p and not any(c in p for c in " '\"[]{}*$") else repr(p) for p in parts)
 
 
 def save_resolved(cfg: Config, path: str | Path) -> Path:

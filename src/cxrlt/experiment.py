@@ -29,14 +29,18 @@ def done_marker(cfg, fold: int) -> Path:
     return fold_dir(cfg, fold) / "done.json"
 
 
-def fingerprint(cfg, spec) -> dict:
-    """What must not change between a checkpoint and the code that resumes or uses it."""
+def fingerprint(cfg, spec, folds: str) -> dict:
+    """What must not change between a checkpoint and the code that resumes or uses it; `folds` is
+    the hash of the fold assignment (data.splits.assignment_hash): a fold's model is only valid for
+    the held-out set it was trained without."""
     return dict(model=cfg.model.name, in_chans=int(cfg.model.in_chans), image_size=int(cfg.cache.size),
-                resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels))
+                resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels), folds=folds)
 
 
 def check_fingerprint(saved: dict, current: dict, path, advice: str) -> None:
     """One-line error naming what changed; `advice` says what the user can do about it."""
+    if not saved:
+        raise CxrltError(f"{display_path(path)}: records no recipe fingerprint (written by an older version); {advice}")
     changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
     if changed:
         raise CxrltError(f"{display_path(path)}: recipe changed since this checkpoint ({'; '.join(changed)[:300]}); {advice}")

@@ -5,12 +5,16 @@ A killed run therefore leaves either the old file or the complete new one, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import yaml
+
+from cxrlt.errors import CxrltError
 
 # Repository root: src/cxrlt/fileio.py -> parents[2].
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -31,20 +35,70 @@ def display_path(p: str | os.PathLike) -> str:
         return str(p)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; a renamed output gets the mode a plain open() would have given it
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it.
+
+    The temporary name carries the writer's pid (`.name.<pid>.XXXX.tmp`), so `remove_stale_tmp` can
+    tell a file left by a killed run from one being written now. A full disk is a one-line error
+    naming the path; the previous `path` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CxrltError(f"{display_path(path)}: no space left on the device (disk or quota full); "
+                             f"the previous version of the file is kept") from None
+        raise
+    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        if "write" in str(e).lower() and shutil.disk_usage(path.parent).free < 64 * 2**20:
+            raise CxrltError(f"{display_path(path)}: no space left on the device (disk or quota full); "
+                             f"the previous version of the file is kept") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> int:
+    """Delete temporary files in `folder` left by writers that no longer run (a kill -9 mid-write);
+    returns how many. Files of a live process (or of an unknown writer) are left alone."""
+    n = 0
+    for f in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
+        parts = f.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -80,6 +134,47 @@ def save_figure(path: str | os.PathLike, fig) -> Path:
     return out
 
 
+# pandas' default missing-value markers, used for every column but the id column
+_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+       "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def read_table(path: str | os.PathLike, id_col: str, **kwargs):
+    """A CSV with `id_col` read as plain strings: an id `NA`, `null`, `None` or `nan` stays an id
+    (pandas would read it as missing); other columns keep pandas' usual missing-value markers."""
+    import pandas as pd
+
+    columns = pd.read_csv(path, nrows=0).columns
+    na = {c: _NA for c in columns if c != id_col}
+    return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=na, **kwargs)
+
+
+def to_json(obj, **kwargs) -> str:
+    """json.dumps with NaN and infinities written as null (a bare NaN is not JSON)."""
+    import json
+    import math
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
 def stamps(paths: dict) -> dict:
     """{key: [size, mtime_ns]} of files: what an "outputs are up to date" check compares."""
     return {str(k): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for k, p in paths.items()}
+
+
+def intact(recorded: dict | None, folder: str | os.PathLike) -> bool:
+    """True when every file named in `recorded` ({name: stamp}, from `stamps`) is in `folder` with
+    that stamp: outputs a run vouched for, not rewritten since by a run killed half-way."""
+    if not recorded:
+        return False
+    files = {k: Path(folder) / k for k in recorded}
+    return all(p.is_file() for p in files.values()) and stamps(files) == recorded

@@ -17,8 +17,9 @@ def make_folds(df: pd.DataFrame, spec: DatasetSpec, k: int = 5, seed: int = 42) 
     """DataFrame [id, fold] in the row order of df."""
     labels = list(spec.labels)
     patients = df.groupby(spec.patient_col, sort=True)[labels].max()
-    if len(patients) < k:
-        raise CxrltError(f"folds.k={k} but the training CSV has only {len(patients)} patients")
+    if len(patients) < 2 * k:
+        raise CxrltError(f"folds.k={k}: the training CSV has only {len(patients)} patients; each fold needs at "
+                         f"least 2 (folds.k <= {len(patients) // 2})")
     fold_of_patient = np.empty(len(patients), np.int64)
     splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for f, (_, held) in enumerate(splitter.split(np.zeros((len(patients), 1)), patients.to_numpy())):
@@ -93,11 +94,12 @@ def build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
     from cxrlt.config import save_resolved
     from cxrlt.data.datasets import read_split, resolve_dataset
-    from cxrlt.fileio import display_path, write_csv
+    from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
 
     spec = resolve_dataset(cfg.data)
     df = read_split(spec, "train", labels="required")
     path = folds_path(cfg, spec)
+    remove_stale_tmp(path.parent)
     skipped = False
     if path.is_file() and not force:
         folds = read_folds(path, spec, df, k=int(cfg.folds.k))
@@ -125,9 +127,9 @@ def build_folds(cfg, force: bool = False) -> dict:
 
 def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None, k: int | None = None) -> pd.DataFrame:
     """Read a folds CSV; check it covers exactly df's ids and has folds 0..k-1 (else rebuild is needed)."""
-    from cxrlt.fileio import display_path
+    from cxrlt.fileio import display_path, read_table
 
-    folds = pd.read_csv(path, dtype={spec.id_col: str})
+    folds = read_table(path, spec.id_col)
     if list(folds.columns) != [spec.id_col, "fold"]:
         raise CxrltError(f"{display_path(path)}: expected columns '{spec.id_col}', 'fold'")
     if df is not None and set(folds[spec.id_col]) != set(df[spec.id_col]):

@@ -106,8 +106,9 @@ class Cache:
     def path(self, image_id: str) -> Path:
         return self.folder / (safe_name(image_id) + FORMATS[self.format])
 
-    def require(self, ids, source, recipe) -> list[Path]:
+    def require(self, ids, source, cfg) -> list[Path]:
         """The cached files of ids, or a one-line error naming how many (and one) are not cached."""
+        from cxrlt.config import rerun_hint
         from cxrlt.errors import CxrltError
         from cxrlt.fileio import display_path
 
@@ -116,8 +117,7 @@ class Cache:
         missing = [i for i, f in zip(ids, files) if not f.is_file()]
         if missing:
             raise CxrltError(f"{display_path(source)}: {len(missing)} of {len(ids)} ids have no cached image in "
-                             f"{display_path(self.folder)} (e.g. '{missing[0]}'); run src/01_prepare_images.py "
-                             f"--config {display_path(recipe)}")
+                             f"{display_path(self.folder)} (e.g. '{missing[0]}'); run {rerun_hint(cfg, '01_prepare_images.py')}")
         return files
 
 
@@ -180,10 +180,11 @@ def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> di
     from cxrlt.config import save_resolved
     from cxrlt.data.datasets import SPLITS, missing_images, read_split, resolve_dataset
     from cxrlt.errors import CxrltError
-    from cxrlt.fileio import display_path, write_csv
+    from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
 
     spec = resolve_dataset(cfg.data)
     cache = Cache.from_config(cfg, spec.name)
+    remove_stale_tmp(cache.folder)
     frames, notes = {}, []
     for split in SPLITS:
         path = spec.csv(split)
@@ -202,6 +203,11 @@ def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> di
     if names.duplicated().any():
         clash = [i for i, n in zip(items, names) if n == names[names.duplicated()].iloc[0]]
         raise CxrltError(f"ids {clash[:2]} map to the same cache file name; rename them in the CSVs")
+    if "train" in frames and "test" in frames:
+        both = set(frames["train"][spec.id_col]) & set(frames["test"][spec.id_col])
+        if both:
+            print(f"warning: {len(both)} test ids are training ids too (e.g. '{sorted(both)[0]}'): the test CSV "
+                  f"{display_path(spec.csv('test'))} may be the wrong file", file=sys.stderr)
     if force and cache.folder.exists():
         shutil.rmtree(cache.folder)
     for split, df in frames.items():

@@ -20,7 +20,7 @@ from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, project_path, stamps, write_text
+from cxrlt.fileio import display_path, intact, project_path, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.metrics import evaluate, map_score
 
 
@@ -101,6 +101,7 @@ def blend_experiment(cfg: Config, force: bool = False) -> dict:
     spec = resolve_dataset(cfg.data)
     names, id_col = list(spec.labels), spec.id_col
     out = experiment_dir(cfg)
+    remove_stale_tmp(out)   # left by a run killed mid-write
     train = read_split(spec, "train", labels="required")
     ids, folds, oof = load_members(members, names, id_col, "oof")
     if ids != train[id_col].tolist():
@@ -110,7 +111,7 @@ def blend_experiment(cfg: Config, force: bool = False) -> dict:
     settings = dict(members=members, mode=bc.mode, fit_steps=int(bc.fit_steps))
     if (out / "metrics.json").is_file() and not force:
         old = json.loads((out / "metrics.json").read_text())
-        if old.get("inputs") == inputs and old.get("settings") == settings:
+        if old.get("inputs") == inputs and old.get("settings") == settings and intact(old.get("outputs"), out):
             return dict(old, dir=out, skipped=True)
     y = label_matrix(spec, train)
     arrays = [oof[m] for m in members]
@@ -143,7 +144,10 @@ def blend_experiment(cfg: Config, force: bool = False) -> dict:
         s_ids, _, s_arr = loaded
         write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), names, id_col)
     save_resolved(cfg, out / "config.yaml")
-    write_text(out / "weights.json", json.dumps(dict(mode=bc.mode, weights=result["weights"],
+    write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],
                                                        honest_weights=honest_weights), indent=1))
-    write_text(out / "metrics.json", json.dumps(result, indent=1))
+    # written last, vouching for every output: a blend killed half-way is redone, never "up to date"
+    result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
+                                if (out / f).is_file()})
+    write_text(out / "metrics.json", to_json(result, indent=1))
     return dict(result, dir=out, skipped=False)

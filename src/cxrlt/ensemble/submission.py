@@ -3,19 +3,25 @@
 `submissions/<name>.csv` and `<name>.zip` (the CSV alone at the zip root): the id column and the
 preset's labels in order, rows in sample_submission.csv order (else test CSV order), every test id
 once, no NaN, values in [0, 1]. Probabilities by default (what mAP scores); `binary` writes 0/1
-with the tuned thresholds, for leaderboards that score F1.
+with the tuned thresholds, for leaderboards that score F1. Every check is linear in the rows (sets
+built once), and a file that cannot be read at all (empty, binary, a broken zip) is one line too.
+`submissions/log.csv` is appended under an OS file lock, so concurrent runs never lose a row.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
+import socket
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from cxrlt.config import Config
 from cxrlt.data.datasets import read_split, resolve_dataset
@@ -41,17 +47,19 @@ def validate(df: pd.DataFrame, spec, ids: list[str], source: str = "submission",
         if set(df.columns) == set(cols):
             raise CxrltError(f"{source}: columns are in the wrong order (expected {spec.id_col}, then the labels in "
                              f"preset order, starting {', '.join(cols[1:4])}...)")
-        missing = [c for c in cols if c not in df.columns]
-        extra = [c for c in df.columns if c not in cols]
+        have, want = set(df.columns), set(cols)
+        missing = [c for c in cols if c not in have]
+        extra = [c for c in df.columns if c not in want]
         raise CxrltError(f"{source}: wrong columns (missing: {missing[:3] or 'none'}; unexpected: {extra[:3] or 'none'})")
     got = df[spec.id_col].astype(str)
     dup = got[got.duplicated()]
     if len(dup):
         raise CxrltError(f"{source}: id '{dup.iloc[0]}' appears more than once ({dup.nunique()} duplicated ids)")
-    missing = [i for i in ids if i not in set(got)]
+    have, want = set(got), set(ids)               # built once: every check below is linear
+    missing = [i for i in ids if i not in have]
     if missing:
         raise CxrltError(f"{source}: {len(missing)} test ids are missing, e.g. '{missing[0]}'")
-    extra = [i for i in got if i not in set(ids)]
+    extra = [i for i in got if i not in want]
     if extra:
         raise CxrltError(f"{source}: {len(extra)} ids are not in the test set, e.g. '{extra[0]}'")
     if got.tolist() != list(ids):
@@ -70,22 +78,59 @@ def validate(df: pd.DataFrame, spec, ids: list[str], source: str = "submission",
         raise CxrltError(f"{source}: --binary expects only 0 and 1")
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # local file header, empty zip, spanned zip
+
+
 def read_upload(path: str | Path, spec) -> pd.DataFrame:
-    """A CSV, or a zip holding exactly one CSV at its root, as a table of strings for the ids."""
+    """A CSV, or a zip holding exactly one CSV at its root, as a table of strings for the ids.
+
+    A file that cannot be read (empty, binary, not CSV, a truncated or corrupt zip, a zip without
+    exactly one CSV at its root) raises CxrltError with one line naming the file and the problem.
+    """
     path = Path(path)
     if not path.is_file():
         raise CxrltError(f"{path}: file not found")
-    if zipfile.is_zipfile(path):
+    with path.open("rb") as f:
+        head = f.read(8192)
+    if path.suffix.lower() == ".zip" or head[:4] in ZIP_MAGIC:
+        name, data = _zip_member(path)
+        return _parse_csv(io.BytesIO(data), data[:8192], f"{path} ({name} in the zip)", spec.id_col)
+    return _parse_csv(path, head, str(path), spec.id_col)
+
+
+def _zip_member(path: Path) -> tuple[str, bytes]:
+    """(name, bytes) of the single CSV at the root of zip `path`, or CxrltError saying what is wrong."""
+    try:
         with zipfile.ZipFile(path) as z:
-            csvs = [n for n in z.namelist() if n.lower().endswith(".csv")]
-            if len(csvs) != 1 or "/" in csvs[0] or len(z.namelist()) != 1:
-                raise CxrltError(f"{path}: a zip must hold exactly one CSV at its root (has {z.namelist()[:4]})")
-            data = z.read(csvs[0])
-        return pd.read_csv(io.BytesIO(data), dtype={spec.id_col: str})
-    return pd.read_csv(path, dtype={spec.id_col: str})
+            names = z.namelist()
+            if len(names) != 1:
+                shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+                raise CxrltError(f"{path}: the zip holds {len(names)} entries ({shown or 'none'}); "
+                                 f"it must hold exactly one CSV at its root")
+            name = names[0]
+            if not name.lower().endswith(".csv") or "/" in name:
+                raise CxrltError(f"{path}: the zip holds '{name}', not one CSV at its root")
+            return name, z.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+        raise CxrltError(f"{path}: not a readable zip, truncated or corrupt ({e})") from None
+
+
+def _parse_csv(src, head: bytes, where: str, id_col: str) -> pd.DataFrame:
+    """pandas.read_csv of `src` (path or buffer; `head` its first bytes); an unreadable file is one line."""
+    if b"\x00" in head:
+        raise CxrltError(f"{where}: binary data, not a CSV")
+    try:
+        return pd.read_csv(src, dtype={id_col: str})
+    except pd.errors.EmptyDataError:
+        raise CxrltError(f"{where}: empty file, not a CSV (no header, no rows)") from None
+    except UnicodeDecodeError:
+        raise CxrltError(f"{where}: not a text CSV (binary data, or text that is not UTF-8)") from None
+    except ValueError as e:  # pandas' ParserError (ragged rows, unclosed quote) and its other complaints
+        raise CxrltError(f"{where}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
 
 
 def check_file(cfg: Config, path: str | Path) -> int:
+    """What `07_make_submission.py --check FILE` runs: read FILE and validate it; returns its row count."""
     spec = resolve_dataset(cfg.data)
     df = read_upload(path, spec)
     validate(df, spec, expected_ids(spec), source=str(path))
@@ -126,11 +171,44 @@ def make_submission(cfg: Config, binary: bool = False, name: str | None = None) 
     sha = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     metrics = json.loads((exp / "metrics.json").read_text()) if (exp / "metrics.json").is_file() else {}
     members = ",".join(metrics.get("members", {}) or [cfg.name])
-    row = pd.DataFrame([dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), file=zip_path.name, sha256=sha,
-                             members=members, oof_mAP=metrics.get("mAP"), oof_mAP_honest=metrics.get("mAP_honest"),
-                             binary=binary)])
-    log = folder / "log.csv"
-    old = pd.read_csv(log) if log.is_file() else None
-    write_csv(log, row if old is None else pd.concat([old, row], ignore_index=True))
+    append_log(folder / "log.csv", dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), file=zip_path.name, sha256=sha,
+                                        members=members, oof_mAP=metrics.get("mAP"),
+                                        oof_mAP_honest=metrics.get("mAP_honest"), binary=binary))
     return dict(csv=csv_path, zip=zip_path, size=zip_path.stat().st_size, sha256=sha, rows=len(sub),
                 oof_mAP=metrics.get("mAP"), members=members)
+
+
+LOG_LOCK_TIMEOUT = 60.0  # seconds; an append takes milliseconds, so a longer wait means a stuck holder
+
+
+def _sign_lock(fd: int) -> None:
+    """filelock on_acquired hook: write who holds the lock into the lock file, for a waiter's message."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+
+
+def log_lock(log: str | Path, timeout: float = LOG_LOCK_TIMEOUT) -> FileLock:
+    """The lock on `log` (an OS flock on `<log>.lock`: the kernel drops it when its holder dies)."""
+    return FileLock(f"{log}.lock", timeout=timeout, on_acquired=_sign_lock)
+
+
+def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) -> None:
+    """Add `row` to the CSV `log`: read, append, atomic rewrite, all under `log_lock`.
+
+    Concurrent runs are serialised, so none loses another's row; a lock left by a killed process
+    does not block (flock dies with its process). If the lock cannot be taken within `timeout` s,
+    CxrltError names the lock and its holder.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lock = log_lock(log, timeout)
+    try:
+        with lock:
+            new = pd.DataFrame([row])
+            if log.is_file():  # old rows as strings: rewritten exactly as they were
+                new = pd.concat([pd.read_csv(log, dtype=str, keep_default_na=False), new], ignore_index=True)
+            write_csv(log, new)
+    except Timeout:
+        holder = Path(lock.lock_file).read_text(errors="replace").strip() or "an unknown process"
+        raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by {holder}); "
+                         f"{display_path(log)} not updated") from None

@@ -21,7 +21,7 @@ from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, write_text
+from cxrlt.fileio import display_path, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.metrics import f1_per_class
 
 
@@ -139,6 +139,7 @@ def tune_thresholds(cfg: Config, force: bool = False) -> dict:
     if method not in CALIBRATIONS:
         raise CxrltError(f"thresholds.calibration '{method}' is not one of {', '.join(CALIBRATIONS)}")
     out = experiment_dir(cfg)
+    remove_stale_tmp(out)   # left by a run killed mid-write
     train = read_split(spec, "train", labels="required")
     oof_path = out / "oof.csv"
     if not oof_path.is_file():
@@ -147,24 +148,25 @@ def tune_thresholds(cfg: Config, force: bool = False) -> dict:
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(oof_path)}: no fold column")
     target = out / "thresholds.json"
-    if target.is_file() and not force and target.stat().st_mtime_ns > oof_path.stat().st_mtime_ns:
+    inputs = stamps({"oof.csv": oof_path})
+    if target.is_file() and not force and (out / "f1_per_class.png").is_file():
         old = json.loads(target.read_text())
-        if old.get("calibration") == method:
+        if old.get("calibration") == method and old.get("inputs") == inputs:
             return dict(old, skipped=True, dir=out)
     y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
     t = fit_thresholds(y, p)
     f1_05, f1_fit, f1_honest = f1_per_class(y, p, 0.5), f1_per_class(y, p, t), honest_f1(y, p, folds)
     mean = lambda a: float(np.nanmean(a))  # noqa: E731
     result = dict(thresholds=dict(zip(names, t.tolist())), mF1_at_0_5=mean(f1_05), mF1_tuned=mean(f1_fit),
-                  mF1_honest=mean(f1_honest), calibration=method,
+                  mF1_honest=mean(f1_honest), calibration=method, inputs=inputs,
                   per_class={n: dict(threshold=float(t[c]), F1_at_0_5=_num(f1_05[c]), F1_tuned=_num(f1_fit[c]),
                                      F1_honest=_num(f1_honest[c])) for c, n in enumerate(names)})
     if method != "none":
         result.update(fit_calibration(method, y, p, folds, names))   # calibrators last: the long part
-    write_text(target, json.dumps(result, indent=1))
     from cxrlt.evaluate.report import plot_f1
 
     plot_f1(result, out / "f1_per_class.png", title=f"{cfg.name}: F1 per class (OOF)")
+    write_text(target, to_json(result, indent=1))  # last: a run killed before it is redone
     return dict(result, skipped=False, dir=out)
 
 

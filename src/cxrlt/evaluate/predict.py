@@ -16,15 +16,15 @@ import time
 import numpy as np
 import torch
 
-from cxrlt.config import Config, save_resolved
+from cxrlt.config import Config, rerun_hint, save_resolved
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.data.splits import training_data
+from cxrlt.data.splits import current_assignment, training_data
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
-from cxrlt.fileio import display_path, stamps, write_text
+from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.models.checkpoint import load
 from cxrlt.models.factory import create_model
@@ -39,7 +39,7 @@ def _checkpoints(cfg: Config) -> dict:
         p = best_checkpoint(cfg, k)
         if not p.is_file():
             raise CxrltError(f"fold {k} has no checkpoint {display_path(p)}; train it with "
-                             f"src/03_train.py --config {display_path(cfg.recipe)} --fold {k}")
+                             f"{rerun_hint(cfg, '03_train.py', '--fold', str(k))}")
         out[k] = p
     return out
 
@@ -50,7 +50,7 @@ def _split_table(cfg, spec, split: str, cache: Cache):
     if path is None or not path.is_file():
         return None
     df = read_split(spec, split, labels="auto" if split == "dev" else "none")
-    return df, cache.require(df[spec.id_col], path, cfg.recipe)
+    return df, cache.require(df[spec.id_col], path, cfg)
 
 
 def _aggregate(cfg, spec, df, probs: np.ndarray) -> np.ndarray | None:
@@ -90,21 +90,28 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     from tqdm import tqdm
 
     out = experiment_dir(cfg)
+    remove_stale_tmp(out)   # left by a run killed mid-write
     spec = resolve_dataset(cfg.data)
     views, gate = _check_settings(cfg.predict, spec)
     ckpts = _checkpoints(cfg)
-    fp = fingerprint(cfg, spec)
+    fp = fingerprint(cfg, spec, current_assignment(cfg, spec))
     loaded = {k: load(path) for k, path in ckpts.items()}
-    for k, path in ckpts.items():  # a changed recipe is the likelier cause of any later mismatch
+    for k, path in ckpts.items():  # a changed recipe or re-made folds: never score OOF with such a model
         check_fingerprint(loaded[k]["fingerprint"], fp, path,
-                          "predict with the recipe it was trained with, or retrain it (src/03_train.py --force)")
+                          "predict with the recipe and folds it was trained with, or retrain it: "
+                          + rerun_hint(cfg, "03_train.py", "--force"))
+    inits = {k: ck.get("init", "unknown") for k, ck in loaded.items()}
+    if len(set(inits.values())) > 1:
+        raise CxrltError(f"{display_path(out)}: its folds started from different weights ("
+                         + ", ".join(f"fold {k}: {v}" for k, v in inits.items())
+                         + "); retrain the odd ones with src/03_train.py --fold K --force")
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
                      **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
         old = json.loads(metrics_file.read_text())
-        if old.get("inputs") == inputs and old.get("settings") == _settings(cfg):
+        if old.get("inputs") == inputs and old.get("settings") == _settings(cfg) and intact(old.get("outputs"), out):
             return dict(old, skipped=True, dir=out)
     spec, train_df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
@@ -163,7 +170,7 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     # score what was written (and check it reads back with the training ids, in order)
     final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
     result = evaluate(y, final, names, y.sum(0), n_tr)
-    result.update(variants=variants, final=final_key, tta_views={v: map_score(y, p) for v, p in oof_views.items()},
+    result.update(init=sorted(set(inits.values()))[0], variants=variants, final=final_key, tta_views={v: map_score(y, p) for v, p in oof_views.items()},
                   per_fold=per_fold, settings=_settings(cfg),
                   inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
     written = {"oof": out / "oof.csv"}
@@ -180,7 +187,10 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     plot_per_class_ap(result, out / "per_class_ap.png", title=f"{cfg.name}: OOF AP per class")
     plot_pr_curves(y, final, names, y.sum(0), out / "pr_rarest.png", title=f"{cfg.name}: rarest classes (OOF)")
     save_resolved(cfg, out / "predict_config.yaml")
-    write_text(metrics_file, json.dumps(result, indent=1))
+    # metrics.json is written last and vouches for every output: a run killed before it leaves the
+    # old metrics.json whose stamps no longer match, so the next run redoes the stage
+    result["outputs"] = stamps({p.name: p for p in [*written.values(), out / "per_class_ap.png", out / "pr_rarest.png"]})
+    write_text(metrics_file, to_json(result, indent=1))
     return dict(result, skipped=False, dir=out, written=written)
 
 

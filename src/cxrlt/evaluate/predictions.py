@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, write_csv
+from cxrlt.fileio import display_path, read_table, write_csv
 
 
 def to_frame(ids, probs: np.ndarray, labels, id_col: str, fold=None) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def read_predictions(path: str | Path, labels, id_col: str, ids=None) -> pd.Data
     path = Path(path)
     if not path.is_file():
         raise CxrltError(f"{display_path(path)}: file not found")
-    df = pd.read_csv(path, dtype={id_col: str})
+    df = read_table(path, id_col)
     expected = [id_col, *labels]
     if list(df.columns[:len(expected)]) != expected:
         raise CxrltError(f"{display_path(path)}: columns must be {id_col} then the {len(labels)} labels in order")

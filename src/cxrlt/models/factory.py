@@ -1,7 +1,16 @@
-"""timm backbones with a multi-label head, and where their weights come from."""
+"""timm backbones with a multi-label head, and where their weights come from.
+
+Every model this module makes carries `init_source`: where its weights came from (`file:<path>`,
+`hub:<model>` or `random`), which checkpoints record so that one experiment never mixes folds that
+started from pretrained weights with folds that started from random ones.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import sys
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -26,13 +35,15 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
         if not path.is_file():
             raise CxrltError(f"model.pretrained_path {display_path(path)}: file not found")
         try:
-            return timm.create_model(mcfg.name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw)
+            net = timm.create_model(mcfg.name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw)
         except (RuntimeError, KeyError) as e:
             raise CxrltError(f"model.pretrained_path {display_path(path)}: does not fit {mcfg.name} "
                              f"({str(e).splitlines()[0][:200]})") from None
+        return _tag(net, f"file:{display_path(path)}")
     if mcfg.pretrained:
         try:
-            return timm.create_model(mcfg.name, pretrained=True, **kw)
+            with _offline_unless_reachable():
+                return _tag(timm.create_model(mcfg.name, pretrained=True, **kw), f"hub:{mcfg.name}")
         except Exception as e:  # no network, hub error, unknown tag
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
             if mcfg.require_pretrained:
@@ -42,9 +53,42 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
                   f"Set model.pretrained_path to a local weights file, or model.require_pretrained=true "
                   f"to stop instead.", file=sys.stderr)
     try:
-        return timm.create_model(mcfg.name, pretrained=False, **kw)
+        return _tag(timm.create_model(mcfg.name, pretrained=False, **kw), "random")
     except RuntimeError as e:
         raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
+
+
+def _tag(net: torch.nn.Module, source: str) -> torch.nn.Module:
+    net.init_source = source
+    return net
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host takes no TCP connection within `timeout`."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable():
+    """Without a reachable hub, ask huggingface_hub for its local cache only: a weight file already
+    downloaded still loads, and a missing one fails at once instead of after ~45 s of retries."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or not hub_reachable()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def input_stats(model: torch.nn.Module) -> tuple[float, float]:

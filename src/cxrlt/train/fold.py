@@ -19,10 +19,12 @@ import torch
 
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
-from cxrlt.data.splits import training_data
+from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.splits import assignment_hash, current_assignment, training_data
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import best_checkpoint, done_marker, experiment_dir, fingerprint, fold_dir, last_checkpoint
-from cxrlt.fileio import display_path, write_csv, write_text
+from cxrlt.experiment import (best_checkpoint, check_fingerprint, done_marker, experiment_dir, fingerprint, fold_dir,
+                              last_checkpoint)
+from cxrlt.fileio import display_path, write_csv, write_text, to_json
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import create_model, input_stats
 from cxrlt.runtime import make_accelerator
@@ -56,8 +58,12 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
     accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum))
     main = accelerator.is_main_process
-    if done_file.is_file() and not force:
-        return dict(json.loads(done_file.read_text()), skipped=True, dir=out)
+    spec = resolve_dataset(cfg.data)
+    if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
+        done = json.loads(done_file.read_text())
+        check_fingerprint(done.get("fingerprint", {}), fingerprint(cfg, spec, current_assignment(cfg, spec)),
+                          done_file, "use --force to retrain the fold")
+        return dict(done, skipped=True, dir=out)
     if force and main:
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
@@ -101,7 +107,8 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         model = torch.compile(model)
     criterion = build_loss(cfg.loss, y[tr].sum(0), len(tr), epochs).to(accelerator.device)
 
-    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fingerprint(cfg, spec), net, ema,
+    fp = fingerprint(cfg, spec, assignment_hash(df[spec.id_col], fold_of))
+    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, net, ema,
                             optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict())
     start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
     if main:
@@ -149,8 +156,8 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < epochs:
             return dict(stopped=True, epoch=epoch + 1, dir=out)
     summary = dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
-                   epochs=epochs, skipped=False)
+                   epochs=epochs, init=saver.init, fingerprint=fp, skipped=False)
     if main:
-        write_text(done_file, json.dumps(summary))
+        write_text(done_file, to_json(summary))
     accelerator.wait_for_everyone()
     return dict(summary, dir=out)

@@ -19,11 +19,12 @@ class CheckpointSaver:
         # stateful parts: name -> object with state_dict()/load_state_dict() (None: not used in this run)
         self.parts = dict(model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         self.eval_net = ema.module if ema is not None else net
+        self.init = getattr(net, "init_source", "unknown")   # where the weights started (models.factory)
 
     def save_last(self, epoch: int, best: float, history: list[dict]) -> None:
         """Everything a resume needs: every part's state, the epoch just finished, the RNG state."""
         state = {k: (p.state_dict() if p is not None else None) for k, p in self.parts.items()}
-        save(dict(state, epoch=epoch, best=best, history=history, rng=rng_state(),
+        save(dict(state, epoch=epoch, best=best, history=history, rng=rng_state(), init=self.init,
                   fingerprint=self.fingerprint, config=self.config), self.last)
 
     def restore(self, advice: str) -> tuple[int, list[dict], float] | None:
@@ -36,9 +37,11 @@ class CheckpointSaver:
             if p is not None and ck.get(k) is not None:
                 p.load_state_dict(ck[k])
         set_rng_state(ck["rng"])
+        self.init = ck.get("init", self.init)   # a resumed fold started where its first epoch did
         return ck["epoch"] + 1, ck["history"], ck["best"]
 
     def save_best(self, epoch: int, metrics: dict) -> None:
         """The weights that are validated (EMA when on), self-described for prediction."""
         save(dict(model=self.eval_net.state_dict(), weights="ema" if self.parts["ema"] is not None else "raw",
-                  epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, mean=self.mean, std=self.std), self.best)
+                  epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, init=self.init, mean=self.mean,
+                  std=self.std), self.best)

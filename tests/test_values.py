@@ -1,0 +1,90 @@
+"""Every bad value gets one line before any work starts; writes survive a full disk; outputs follow
+the umask; a killed writer's temporary files are cleaned up."""
+import errno
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import DEMO, ROOT
+
+from cxrlt.config import load_config
+from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.folds import build_folds
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import remove_stale_tmp, write_atomic, write_text
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=abc", "train.epochs='abc': must be a whole number"),
+    ("train.epochs=0", "train.epochs=0: must be >= 1"),
+    ("train.epochs=2.5", "train.epochs=2.5: must be a whole number"),
+    ("train.lr=-1", "train.lr=-1: must be > 0"),
+    ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+    ("predict.batch_size=0", "predict.batch_size=0: must be >= 1"),
+    ("augment.hflip=2", "augment.hflip=2: must be >= 0 and <= 1"),
+    ("folds.k=1", "folds.k=1: must be >= 2"),
+    ("train.ema=maybe", "train.ema='maybe': must be true or false"),
+    ("loss.label_smoothing=1", "loss.label_smoothing=1: must be >= 0 and < 1"),
+])
+def test_bad_values_are_refused_at_load(override, message):
+    with pytest.raises(CxrltError) as e:
+        load_config(DEMO, [override])
+    assert str(e.value) == message
+
+
+def test_bad_value_is_one_line_from_a_stage_and_from_run_all():
+    r = subprocess.run([sys.executable, "src/03_train.py", "--config", str(DEMO), "train.epochs=0"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: train.epochs=0: must be >= 1"
+    r = subprocess.run(["bash", "run_all.sh", "traing.epochs=3"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: override 'traing.epochs=3': no key 'traing' under the top level; "
+                                             "did you mean train? (use +traing.epochs=... to add one)"]
+
+
+def test_whole_numbers_and_numbers(tmp_path):
+    cfg = load_config(DEMO, ["train.epochs=3.0", "augment.rotate=7.5"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int) and cfg.augment.rotate == 7.5
+
+
+def test_folds_k_needs_two_patients_a_fold(tiny_cfg):
+    spec = resolve_dataset(tiny_cfg.data)
+    patients = pd.read_csv(spec.train_csv, dtype=str)[spec.patient_col].nunique()
+    cfg = load_config(tiny_cfg.recipe, [f"data.input_dir={tiny_cfg.data.input_dir}", f"folds.dir={tiny_cfg.folds.dir}",
+                                         f"folds.k={patients}"])
+    with pytest.raises(CxrltError, match=f"folds.k={patients}: the training CSV has only {patients} patients"):
+        build_folds(cfg)
+    assert not list(__import__("pathlib").Path(tiny_cfg.folds.dir).glob("*.csv"))      # nothing written
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_text(target, "old")
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CxrltError, match="metrics.json: no space left on the device"):
+        write_atomic(target, full)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    write_text(tmp_path / "a.csv", "x")
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_temporary_files_of_dead_writers_are_removed(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()                                                                  # a pid that no longer runs
+    dead = tmp_path / f".last.pt.{p.pid}.x1.tmp"
+    live = tmp_path / f".last.pt.{os.getpid()}.x2.tmp"
+    dead.write_text("x")
+    live.write_text("x")
+    assert remove_stale_tmp(tmp_path) == 1 and not dead.exists() and live.exists()
