@@ -16,7 +16,6 @@ from cxrlt.data.datasets import resolve_dataset
 from cxrlt.ensemble.submission import append_log, validate
 from cxrlt.errors import CxrltError
 
-
 # 1. Every id check is linear: the ids (and the submission's id column) are walked a fixed number of
 #    times, not once per row (a set rebuilt per id made --check on 20,000 rows take a minute).
 
@@ -100,7 +99,7 @@ def make_broken(kind, d):
 
 @pytest.mark.parametrize("kind,message", [
     ("empty_csv", "empty file"),
-    ("binary", "binary data, not a CSV"),
+    ("binary", "binary data (NUL bytes), not a UTF-8 CSV"),
     ("not_utf8", "not a text CSV"),
     ("ragged", "not a readable CSV (Error tokenizing data"),
     ("empty_zip_file", "not a readable zip, truncated or corrupt"),
@@ -154,7 +153,7 @@ def test_held_lock_is_named_and_a_killed_holder_does_not_block(tmp_path):
                               env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(CxrltError, match=rf"log\.csv\.lock: lock not taken within 0\.5 s \(held by pid {holder.pid} "):
+        with pytest.raises(CxrltError, match=rf"log\.csv\.lock: lock not taken within 0\.5 s \(held by process {holder.pid} "):
             append_log(log, dict(file="a.zip"), timeout=0.5)
         assert not log.exists()
         os.kill(holder.pid, signal.SIGKILL)                                  # dies holding the lock

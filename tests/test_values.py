@@ -88,3 +88,19 @@ def test_temporary_files_of_dead_writers_are_removed(tmp_path):
     dead.write_text("x")
     live.write_text("x")
     assert remove_stale_tmp(tmp_path) == 1 and not dead.exists() and live.exists()
+
+
+def test_sixteen_bit_films_scale_in_blocks_and_giant_films_name_the_key(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cxrlt.data.images import decode_gray
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(100, 60000, (2500, 300), dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "f16.png")
+    got = decode_gray(tmp_path / "f16.png")
+    want = np.round((arr.astype(np.float64) - arr.min()) * 255.0 / (arr.max() - arr.min())).astype(np.uint8)
+    assert got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1     # float32 blocks vs float64
+    with pytest.raises(ValueError, match=r"300x2500 is 1 MP, over cache.max_image_pixels=500000; raise it"):
+        decode_gray(tmp_path / "f16.png", max_pixels=500_000)

@@ -152,7 +152,7 @@ def apply_override(cfg: dict, item: str) -> None:
 
 
 # Keys that count things: whole numbers only. Every other key whose default is a number takes any number.
-INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "folds.k", "folds.seed", "train.epochs", "train.batch_size",
+INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "cache.max_image_pixels", "folds.k", "folds.seed", "train.epochs", "train.batch_size",
                 "train.val_batch_size", "train.grad_accum", "train.workers", "train.log_every",
                 "train.max_steps_per_epoch", "predict.batch_size", "predict.workers", "blend.fit_steps",
                 "augment.mosaic_off_last_epochs", "loss.drw_epoch"}

@@ -1,6 +1,8 @@
 """The runtime of one process: its precision and its Accelerator (one per process, made by the stage)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from cxrlt.errors import CxrltError
@@ -16,9 +18,16 @@ def precision_mode(section, key: str = "train.precision") -> str:
     return p
 
 
-def make_accelerator(section, key: str = "train.precision", grad_accum: int = 1):
-    """An Accelerator for this process with the section's precision (seedable samplers: exact resume)."""
+def make_accelerator(section, key: str = "train.precision", grad_accum: int = 1, log_with=None, project_dir=None):
+    """An Accelerator for this process with the section's precision (seedable samplers: exact resume);
+    `log_with` trackers (train.tracking) write under `project_dir`."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
     return Accelerator(mixed_precision=precision_mode(section, key), gradient_accumulation_steps=int(grad_accum),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       log_with=log_with or None, project_dir=None if project_dir is None else str(project_dir))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched job (accelerate / torchrun set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0

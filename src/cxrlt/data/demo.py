@@ -394,7 +394,7 @@ def _render_job(job):
 def make_demo(out_dir: Path, n_train: int = 3000, n_dev: int = 500, n_test: int = 500, max_side: int = 384,
               seed: int = 0, workers: int = 2, force: bool = False, progress: bool = True) -> dict:
     """Write the demo dataset to out_dir; skip when a complete one with the same settings is there."""
-    from tqdm import tqdm
+    from cxrlt.progress import progress_bar
 
     out_dir = Path(out_dir)
     meta = dict(n_train=n_train, n_dev=n_dev, n_test=n_test, max_side=max_side, seed=seed, version=1)
@@ -422,7 +422,7 @@ def make_demo(out_dir: Path, n_train: int = 3000, n_dev: int = 500, n_test: int 
             h = int(min(max_side * 1.25, w * size_rng.uniform(0.85, 1.25)))
             jobs.append((str(out_dir), df.path.iloc[i], y[i], df.ViewPosition.iloc[i], h, w, [seed, 2, s_no, i]))
     jobs = [j for j in jobs if not (out_dir / j[1]).is_file()]  # resume
-    bar = tqdm(total=len(jobs), desc="demo images", unit="img", disable=not progress)
+    bar = progress_bar(len(jobs), "demo images", "img", progress)
     if workers > 1 and len(jobs) > 200:
         with get_context("fork").Pool(workers) as pool:
             for _ in pool.imap_unordered(_render_job, jobs, chunksize=32):

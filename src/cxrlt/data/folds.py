@@ -91,6 +91,16 @@ def folds_path(cfg, spec: DatasetSpec):
 
 
 def build_folds(cfg, force: bool = False) -> dict:
+    """Stage 02 under the folds file's lock: a second run on the same folds stops at once."""
+    from cxrlt.data.datasets import resolve_dataset
+    from cxrlt.locks import exclusive
+
+    path = folds_path(cfg, resolve_dataset(cfg.data))
+    with exclusive(path.with_name(f".{path.name}.lock"), f"folds file {path.name}"):
+        return _build_folds(cfg, force)
+
+
+def _build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
     from cxrlt.config import save_resolved
     from cxrlt.data.datasets import read_split, resolve_dataset

@@ -22,27 +22,56 @@ RESIZE_MODES = ("stretch", "pad")
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 
 
-def decode_gray(path: str | os.PathLike, size_hint: int | None = None) -> np.ndarray:
+MAX_PIXELS = 200_000_000  # default cache.max_image_pixels: a 14000 x 14000 film
+
+
+def decode_gray(path: str | os.PathLike, size_hint: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read JPEG/PNG (modes L, RGB, RGBA, P, LA, 1, I;16, I, F) as a 2-D uint8 array.
 
     size_hint lets JPEG decode at a reduced DCT scale that is still >= size_hint on both sides,
-    which is several times faster for 3000 px films cached at 768.
+    which is several times faster for 3000 px films cached at 768. A film of more than max_pixels
+    pixels is refused (a decompression bomb, or a film that needs cache.max_image_pixels raised).
+    High-bit-depth films are min-max scaled to 0-255 a block of rows at a time, so a 12000 x 12000
+    16-bit PNG costs its own 288 MB plus the 144 MB result, not gigabytes of float64.
     """
+    Image.MAX_IMAGE_PIXELS = max(int(max_pixels), Image.MAX_IMAGE_PIXELS or 0)  # PIL's own guard: 2x this
     with Image.open(path) as im:
+        if im.width * im.height > max_pixels:
+            raise ValueError(f"{im.width}x{im.height} is {im.width * im.height / 1e6:.0f} MP, over "
+                             f"cache.max_image_pixels={int(max_pixels)}; raise it to cache this film")
         if size_hint and im.format == "JPEG":
             im.draft("L", (size_hint, size_hint))
-        im = ImageOps.exif_transpose(im)
+        if _orientation(im) not in (None, 1):  # exif_transpose copies the whole film even when upright
+            im = ImageOps.exif_transpose(im)
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(im, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            return np.round((arr - lo) * scale).astype(np.uint8)
+            arr = np.asarray(im)
+            im.close()  # free the decoder's pixels before the 8-bit result is made
+            return _scale_to_uint8(arr)
         if mode == "P":
             im = im.convert("RGBA")
         if mode != "L":
             im = im.convert("L")
         return np.array(im, dtype=np.uint8)
+
+
+def _orientation(im) -> int | None:
+    """The EXIF orientation tag, if any (exif_transpose copies the whole film even when it is 1)."""
+    try:
+        return im.getexif().get(0x0112)
+    except Exception:  # unreadable EXIF: treat as none
+        return None
+
+
+def _scale_to_uint8(arr: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """Min-max scale to 0-255, in float32 blocks of `rows` rows (bounded extra memory)."""
+    lo, hi = float(arr.min()), float(arr.max())
+    scale = np.float32(255.0 / (hi - lo) if hi > lo else 0.0)
+    out = np.empty(arr.shape, np.uint8)
+    for r in range(0, arr.shape[0], rows):
+        block = (arr[r:r + rows].astype(np.float32) - np.float32(lo)) * scale
+        out[r:r + rows] = np.rint(block)
+    return out
 
 
 def resize_square(img: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
@@ -122,9 +151,9 @@ class Cache:
 
 
 def _cache_one(job):
-    image_id, src, dst, size, resize, fmt = job
+    image_id, src, dst, size, resize, fmt, max_pixels = job
     try:
-        img = decode_gray(src, size_hint=size)
+        img = decode_gray(src, size_hint=size, max_pixels=max_pixels)
         write_bytes(dst, encode(resize_square(img, size, resize), fmt))
         return image_id, src, None
     except FileNotFoundError:
@@ -133,21 +162,22 @@ def _cache_one(job):
         return image_id, src, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
 
 
-def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, progress: bool = True):
+def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, progress: bool = True,
+                 max_pixels: int = MAX_PIXELS):
     """Cache (id, source path) items not cached yet. Returns (n_written, n_skipped, failures).
 
     failures: list of (id, path, reason). Each file is written atomically, so a killed run
     resumes where it stopped.
     """
-    from tqdm import tqdm
+    from cxrlt.progress import progress_bar
 
-    jobs = [(i, str(src), cache.path(i), cache.size, cache.resize, cache.format)
+    jobs = [(i, str(src), cache.path(i), cache.size, cache.resize, cache.format, max_pixels)
             for i, src in items if not cache.path(i).is_file()]
     skipped = len(items) - len(jobs)
     cache.folder.mkdir(parents=True, exist_ok=True)
     failures = []
     workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(jobs), desc=f"cache {cache.size}px", unit="img", disable=not progress or not jobs)
+    bar = progress_bar(len(jobs), f"cache {cache.size}px", "img", progress and bool(jobs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) >= 64 else None
@@ -166,6 +196,16 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
 
 
 def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
+    """Stage 01 under the cache folder's lock: a second run on the same cache stops at once."""
+    from cxrlt.data.datasets import resolve_dataset
+    from cxrlt.locks import exclusive
+
+    folder = Cache.from_config(cfg, resolve_dataset(cfg.data).name).folder
+    with exclusive(folder.parent / f".{folder.name}.lock", f"image cache {folder.name}"):
+        return _prepare_dataset_cache(cfg, force, progress)
+
+
+def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
     """Stage 01: cache every image the train/dev/test CSVs reference.
 
     Missing or undecodable images are reported with id and path; the others are cached, and the
@@ -214,7 +254,8 @@ def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> di
         msg = missing_images(spec, df, split)
         if msg:
             print(f"warning: {msg}", file=sys.stderr)
-    written, skipped, failures = cache_images(cache, list(items.items()), int(cfg.cache.workers or 0), progress)
+    written, skipped, failures = cache_images(cache, list(items.items()), int(cfg.cache.workers or 0), progress,
+                                              int(cfg.cache.max_image_pixels))
     save_resolved(cfg, cache.folder / "prepare_config.yaml")
     failed_csv = cache.folder / "failed.csv"
     if failures:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 
+from cxrlt.config import rerun_hint
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.data.folds import folds_path, read_folds
 from cxrlt.data.images import Cache
-from cxrlt.config import rerun_hint
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path
 

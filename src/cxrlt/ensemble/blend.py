@@ -21,7 +21,9 @@ from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, intact, project_path, remove_stale_tmp, stamps, to_json, write_text
+from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
+from cxrlt.runtime import is_main_process
 
 
 def member_dir(name: str) -> Path:
@@ -92,6 +94,13 @@ def fit_weights(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40) -> np.
 
 
 def blend_experiment(cfg: Config, force: bool = False) -> dict:
+    """Stage 05 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
+    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 05)",
+                   enabled=is_main_process()):
+        return _blend_experiment(cfg, force)
+
+
+def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     bc = cfg.blend
     members = list(bc.members or [])
     if len(members) < 1:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import socket
 import time
 import zipfile
 import zlib
@@ -28,6 +26,8 @@ from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, write_atomic, write_csv
+from cxrlt.locks import exclusive, holder, sign_holder
+from cxrlt.runtime import is_main_process
 
 
 def expected_ids(spec) -> list[str]:
@@ -118,7 +118,7 @@ def _zip_member(path: Path) -> tuple[str, bytes]:
 def _parse_csv(src, head: bytes, where: str, id_col: str) -> pd.DataFrame:
     """pandas.read_csv of `src` (path or buffer; `head` its first bytes); an unreadable file is one line."""
     if b"\x00" in head:
-        raise CxrltError(f"{where}: binary data, not a CSV")
+        raise CxrltError(f"{where}: binary data (NUL bytes), not a UTF-8 CSV")
     try:
         return pd.read_csv(src, dtype={id_col: str})
     except pd.errors.EmptyDataError:
@@ -138,6 +138,13 @@ def check_file(cfg: Config, path: str | Path) -> int:
 
 
 def make_submission(cfg: Config, binary: bool = False, name: str | None = None) -> dict:
+    """Stage 07 under the experiment's lock: a second run for the same experiment stops at once."""
+    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 07)",
+                   enabled=is_main_process()):
+        return _make_submission(cfg, binary, name)
+
+
+def _make_submission(cfg: Config, binary: bool = False, name: str | None = None) -> dict:
     spec = resolve_dataset(cfg.data)
     exp = experiment_dir(cfg)
     src = exp / "test.csv"
@@ -181,15 +188,9 @@ def make_submission(cfg: Config, binary: bool = False, name: str | None = None) 
 LOG_LOCK_TIMEOUT = 60.0  # seconds; an append takes milliseconds, so a longer wait means a stuck holder
 
 
-def _sign_lock(fd: int) -> None:
-    """filelock on_acquired hook: write who holds the lock into the lock file, for a waiter's message."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-
-
 def log_lock(log: str | Path, timeout: float = LOG_LOCK_TIMEOUT) -> FileLock:
     """The lock on `log` (an OS flock on `<log>.lock`: the kernel drops it when its holder dies)."""
-    return FileLock(f"{log}.lock", timeout=timeout, on_acquired=_sign_lock)
+    return FileLock(f"{log}.lock", timeout=timeout, on_acquired=sign_holder)
 
 
 def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) -> None:
@@ -209,6 +210,6 @@ def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) ->
                 new = pd.concat([pd.read_csv(log, dtype=str, keep_default_na=False), new], ignore_index=True)
             write_csv(log, new)
     except Timeout:
-        holder = Path(lock.lock_file).read_text(errors="replace").strip() or "an unknown process"
-        raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by {holder}); "
+        raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by "
+                         f"{holder(lock.lock_file)}); "
                          f"{display_path(log)} not updated") from None

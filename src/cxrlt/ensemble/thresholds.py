@@ -22,7 +22,9 @@ from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, remove_stale_tmp, stamps, to_json, write_text
+from cxrlt.locks import exclusive
 from cxrlt.metrics import f1_per_class
+from cxrlt.runtime import is_main_process
 
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -131,6 +133,13 @@ def fit_calibration(method: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray
 
 
 def tune_thresholds(cfg: Config, force: bool = False) -> dict:
+    """Stage 06 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
+    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 06)",
+                   enabled=is_main_process()):
+        return _tune_thresholds(cfg, force)
+
+
+def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
     spec = resolve_dataset(cfg.data)
     names, id_col = list(spec.labels), spec.id_col
     if "temperature" in cfg.thresholds:

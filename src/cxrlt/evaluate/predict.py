@@ -25,11 +25,12 @@ from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
+from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.models.checkpoint import load
 from cxrlt.models.factory import create_model
 from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader
-from cxrlt.runtime import make_accelerator
+from cxrlt.runtime import is_main_process, make_accelerator
 
 
 def _checkpoints(cfg: Config) -> dict:
@@ -87,7 +88,14 @@ def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
 
 
 def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
-    from tqdm import tqdm
+    """Stage 04 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
+    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 04)",
+                   enabled=is_main_process()):
+        return _predict_experiment(cfg, force, progress)
+
+
+def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
+    from cxrlt.progress import progress_bar
 
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
@@ -127,7 +135,8 @@ def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) 
     sums = {s: np.zeros((len(t[0]), len(names))) for s, t in others.items()}
     per_fold, t0 = {}, time.time()
     bs, workers = int(pc.batch_size), int(pc.workers)
-    for k, path in tqdm(ckpts.items(), desc="folds", disable=not (progress and accelerator.is_main_process)):
+    for k, path in progress_bar(len(ckpts), "folds", "fold", progress and accelerator.is_main_process,
+                                iterable=ckpts.items()):
         ck = loaded[k]
         net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
         net.load_state_dict(ck["model"])

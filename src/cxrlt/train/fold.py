@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import shutil
 import time
 
 import numpy as np
@@ -18,16 +18,26 @@ import pandas as pd
 import torch
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
 from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
 from cxrlt.data.splits import assignment_hash, current_assignment, training_data
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import (best_checkpoint, check_fingerprint, done_marker, experiment_dir, fingerprint, fold_dir,
-                              last_checkpoint)
-from cxrlt.fileio import display_path, write_csv, write_text, to_json
+from cxrlt.experiment import (
+    best_checkpoint,
+    check_fingerprint,
+    done_marker,
+    experiment_dir,
+    fingerprint,
+    fold_dir,
+    last_checkpoint,
+)
+from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_csv, write_text
+from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import create_model, input_stats
-from cxrlt.runtime import make_accelerator
+from cxrlt.progress import progress_bar
+from cxrlt.runtime import is_main_process, make_accelerator
+from cxrlt.train import tracking
 from cxrlt.train.loop import set_epoch, train_one_epoch, validate
 from cxrlt.train.saver import CheckpointSaver
 
@@ -45,18 +55,25 @@ def cosine_with_warmup(total: int, warmup: int, min_ratio: float):
 
 
 def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train (or resume, or skip) one fold. stop_after: return after that many epochs (tests a kill)."""
+    """Train (or resume, or skip) one fold under its lock: a second trainer of the same fold stops at
+    once, naming the first. stop_after: return after that many epochs (tests a kill)."""
+    with exclusive(fold_dir(cfg, fold) / ".lock", f"fold {fold} of experiment '{cfg.name}'", enabled=is_main_process()):
+        if is_main_process():
+            remove_stale_tmp(fold_dir(cfg, fold))   # left by a run killed mid-write
+        return _train_fold(cfg, fold, force, progress, stop_after)
+
+
+def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int | None) -> dict:
     import timm.optim
     from accelerate.utils import set_seed
     from timm.utils import ModelEmaV3
-    from tqdm import tqdm
 
     tcfg = cfg.train
     k = int(cfg.folds.k)
     if not 0 <= fold < k:
         raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
-    accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum))
+    accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum), tracking.log_with(cfg, fold), out)
     main = accelerator.is_main_process
     spec = resolve_dataset(cfg.data)
     if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
@@ -67,6 +84,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
     if force and main:
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / tracking.TB_FOLDER, ignore_errors=True)
     accelerator.wait_for_everyone()
 
     spec, df, files, y, fold_of = training_data(cfg)
@@ -118,14 +136,14 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
         save_resolved(cfg, experiment_dir(cfg) / "config.yaml")
         print(f"fold {fold}: {len(tr)} train / {len(va)} val images, {cfg.model.name} at {cfg.cache.size}px, "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}")
+    tracking.start(accelerator, cfg, start)
 
     t_fold = time.time()
     for epoch in range(start, epochs):
         t0 = time.time()
         set_seed(base_seed + epoch)
         set_epoch(epoch, train_ds, train_loader, criterion, net)
-        bar = tqdm(total=batches, desc=f"fold {fold} epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=not (progress and main), leave=False, file=sys.stdout)
+        bar = progress_bar(batches, f"fold {fold} epoch {epoch + 1}/{epochs}", "batch", progress and main, leave=False)
         tr_stats = train_one_epoch(model, net, train_loader, criterion, optimizer, scheduler, accelerator, tcfg,
                                    mean, std, batches, ema, bar)
         bar.close()
@@ -143,6 +161,7 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
                 preds = pd.DataFrame(v["probs"], columns=names)
                 preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va[v["idx"]]])
                 write_csv(out / "val_predictions.csv", preds)
+            tracking.log_epoch(accelerator, row)  # before last.pt: a kill in between is purged on resume
             saver.save_last(epoch, best, history)
             write_csv(out / "log.csv", pd.DataFrame(history))
             from cxrlt.train.curve import plot_training_curve
@@ -154,10 +173,13 @@ def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = Tru
                   f"{f', fold ETA {eta / 60:.1f} min' if eta > 0 else ''}", flush=True)
         accelerator.wait_for_everyone()
         if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < epochs:
+            tracking.finish(accelerator)
             return dict(stopped=True, epoch=epoch + 1, dir=out)
     summary = dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
                    epochs=epochs, init=saver.init, fingerprint=fp, skipped=False)
     if main:
+        tracking.log_best_ap(accelerator, out / "val_predictions.csv", df[spec.id_col], y, names, summary["best_epoch"])
         write_text(done_file, to_json(summary))
+    tracking.finish(accelerator)
     accelerator.wait_for_everyone()
     return dict(summary, dir=out)

@@ -43,10 +43,10 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
             ema.update(net)
         loss_sum += loss.detach() * len(x)
         seen += len(x)
-        if bar is not None:
-            bar.update()
+        if bar is not None:  # postfix first: a plain progress line printed by update() shows this loss
             if step % int(tcfg.log_every) == 0:  # the only host sync in the loop, every log_every steps
                 bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}")
+            bar.update()
     total = accelerator.reduce(seen, "sum")
     return dict(train_loss=(accelerator.reduce(loss_sum, "sum") / total).item(), img_s=total.item() / (time.time() - t0))
 
