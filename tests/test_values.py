@@ -104,3 +104,13 @@ def test_sixteen_bit_films_scale_in_blocks_and_giant_films_name_the_key(tmp_path
     assert got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1     # float32 blocks vs float64
     with pytest.raises(ValueError, match=r"300x2500 is 1 MP, over cache.max_image_pixels=500000; raise it"):
         decode_gray(tmp_path / "f16.png", max_pixels=500_000)
+
+
+def test_hints_carry_the_users_overrides(tiny_cfg, tmp_path):
+    from cxrlt.data.splits import training_data
+
+    cfg = load_config(DEMO, [f"data.input_dir={tiny_cfg.data.input_dir}", f"folds.dir={tmp_path / 'none'}",
+                             "train.lr=1e-3"])
+    with pytest.raises(CxrltError, match=r"no folds yet; run src/02_make_folds.py --config experiments/demo.yaml "
+                                         r"data.input_dir=.* folds.dir=.* train.lr=1e-3$"):
+        training_data(cfg)

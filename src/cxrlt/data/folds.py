@@ -102,7 +102,7 @@ def build_folds(cfg, force: bool = False) -> dict:
 
 def _build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
-    from cxrlt.config import save_resolved
+    from cxrlt.config import rerun_hint, save_resolved
     from cxrlt.data.datasets import read_split, resolve_dataset
     from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
 
@@ -120,7 +120,7 @@ def _build_folds(cfg, force: bool = False) -> dict:
             seed = (yaml.safe_load(made.read_text()) or {}).get("folds", {}).get("seed")
             if seed is not None and int(seed) != int(cfg.folds.seed):
                 raise CxrltError(f"{display_path(path)}: made with folds.seed={seed}, the recipe says "
-                                 f"{cfg.folds.seed}; rebuild with src/02_make_folds.py --force")
+                                 f"{cfg.folds.seed}; rebuild with {rerun_hint(cfg, '02_make_folds.py', '--force')}")
         skipped = True
     else:
         folds = make_folds(df, spec, int(cfg.folds.k), int(cfg.folds.seed))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from cxrlt.config import Config
+from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import experiment_dir
@@ -149,7 +149,8 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
     exp = experiment_dir(cfg)
     src = exp / "test.csv"
     if not src.is_file():
-        raise CxrltError(f"{display_path(src)} not found: run src/04_predict.py (or 05_blend.py) for {cfg.name}")
+        raise CxrltError(f"{display_path(src)} not found: run {rerun_hint(cfg, '04_predict.py')} "
+                         f"(src/05_blend.py for a blend)")
     ids = expected_ids(spec)
     pred = pd.read_csv(src, dtype={spec.id_col: str})
     got = pred[spec.id_col] if spec.id_col in pred.columns else pd.Series([], dtype=str)
@@ -160,7 +161,8 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
     if binary:
         tfile = exp / "thresholds.json"
         if not tfile.is_file():
-            raise CxrltError(f"{display_path(tfile)} not found: run src/06_thresholds.py first, or drop --binary")
+            raise CxrltError(f"{display_path(tfile)} not found: run {rerun_hint(cfg, '06_thresholds.py')} first, "
+                             f"or drop --binary")
         t = json.loads(tfile.read_text())["thresholds"]
         sub[list(spec.labels)] = (sub[list(spec.labels)].to_numpy() >= np.array([t[c] for c in spec.labels])).astype(int)
     validate(sub, spec, ids, source="submission", binary=binary)

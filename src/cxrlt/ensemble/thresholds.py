@@ -16,7 +16,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve
 
-from cxrlt.config import Config
+from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
@@ -152,7 +152,8 @@ def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
     train = read_split(spec, "train", labels="required")
     oof_path = out / "oof.csv"
     if not oof_path.is_file():
-        raise CxrltError(f"{display_path(oof_path)} not found: run src/04_predict.py (or src/05_blend.py) first")
+        raise CxrltError(f"{display_path(oof_path)} not found: run {rerun_hint(cfg, '04_predict.py')} "
+                         f"(src/05_blend.py for a blend) first")
     oof = read_predictions(oof_path, names, id_col, ids=train[id_col])
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(oof_path)}: no fold column")

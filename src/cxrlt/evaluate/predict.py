@@ -112,7 +112,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     if len(set(inits.values())) > 1:
         raise CxrltError(f"{display_path(out)}: its folds started from different weights ("
                          + ", ".join(f"fold {k}: {v}" for k, v in inits.items())
-                         + "); retrain the odd ones with src/03_train.py --fold K --force")
+                         + f"); retrain the odd ones with {rerun_hint(cfg, '03_train.py', '--fold', 'K', '--force')}")
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
