@@ -99,6 +99,7 @@ def test_asl_by_hand_and_independent_of_batch_size():
     z, y = torch.randn(8, 3), (torch.rand(8, 3) < 0.3).float()
     one = loss(z, y).item()
     assert loss(z.repeat(4, 1), y.repeat(4, 1)).item() == pytest.approx(one, rel=1e-6)   # 4x the batch, same loss
+    assert loss(z.repeat(1, 2), y.repeat(1, 2)).item() == pytest.approx(one, rel=1e-6)   # 2x the classes, too
 
 
 @pytest.mark.parametrize("name", ["focal", "bce", "weighted_bce", "asl", "ldam"])
