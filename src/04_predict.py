@@ -1,5 +1,7 @@
-"""Stage 04: out-of-fold, development and test predictions with flip-TTA and study aggregation,
-metrics.json and report plots. Through accelerate for several GPUs:
+"""Stage 04: out-of-fold, development and test predictions with flip-TTA and study aggregation
+(and fold normalisation with predict.oof_normalise), metrics.json (pooled OOF figures beside the
+mean and std of per-fold ones, a drift warning, figures per view group, development apart) and
+report plots. Through accelerate for several GPUs:
 
     accelerate launch src/04_predict.py --config experiments/effv2s_768.yaml
 """

@@ -1,5 +1,8 @@
 """Stage 08: compare experiments over the same folds -> experiments/compare_<name>/table.md, table.csv, PNG.
 
+Pooled and per-fold (mean ± std) OOF figures per recipe; against the baseline, differences with a
+95 % interval from a paired bootstrap over patients (compare.bootstrap, compare.seed) and the folds won.
+
   python src/08_compare.py --recipes demo,demo_effnet,demo_blend [--name NAME] [--baseline demo]
 """
 import argparse
@@ -14,7 +17,7 @@ def main():
     p.add_argument("--recipes", required=True,
                    help="comma-separated experiment names (experiments/<r>.yaml) or recipe paths")
     p.add_argument("--name", default=None, help="output folder compare_<name>; default the recipe names joined by '-'")
-    p.add_argument("--baseline", default=None, help="recipe the d_mAP and d_tail columns subtract; default the first")
+    p.add_argument("--baseline", default=None, help="recipe the d_* columns and intervals are against; default the first")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override keys of every recipe")
     args = p.parse_args()
     recipes = [s.strip() for s in args.recipes.split(",") if s.strip()]

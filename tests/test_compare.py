@@ -125,3 +125,56 @@ def test_compare_script(root, tmp_path):
     assert (tmp_path / "cmp" / "compare_x-y" / "table.csv").is_file()
     bad = run_script("src/08_compare.py", "--recipes", "no_such_recipe", *ov)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "recipe not found" in bad.stderr
+
+
+def per_fold_sklearn(exp, root):
+    """mAP of each fold's rows of oof.csv, straight from scikit-learn."""
+    train = pd.read_csv(root / "demo" / "train.csv")
+    oof = pd.read_csv(exp / "oof.csv")
+    y, p, folds = train[LABELS_2023].to_numpy(), oof[LABELS_2023].to_numpy(), oof["fold"].to_numpy()
+    out = []
+    for f in np.unique(folds):
+        r = folds == f
+        out.append(np.mean([average_precision_score(y[r, c], p[r, c]) for c in range(26) if y[r, c].sum() > 0]))
+    return np.array(out)
+
+
+def test_fold_figures_wins_and_patient_bootstrap_against_the_baseline(root, tmp_path):
+    cfgs = [fake_experiment(root, tmp_path / n, n, q, s) for n, q, s in (("a", 0.2, 1), ("b", 0.45, 2), ("twin", 0.2, 1))]
+    drift = fake_experiment(root, tmp_path / "drift", "drift", 0.2, 1)       # a, with fold 1 rescaled
+    oof = pd.read_csv(tmp_path / "drift" / "oof.csv", dtype={"dicom_id": str})
+    oof.loc[oof.fold == 1, LABELS_2023] = oof.loc[oof.fold == 1, LABELS_2023] * 0.3
+    oof.to_csv(tmp_path / "drift" / "oof.csv", index=False)
+    r = compare_experiments([*cfgs, drift], tmp_path / "cmp", baseline="a")
+    table = pd.read_csv(tmp_path / "cmp" / "table.csv").set_index("recipe")
+    folds = {n: per_fold_sklearn(tmp_path / n, root) for n in ("a", "b", "twin", "drift")}
+    for n, f in folds.items():
+        assert table.loc[n, "mAP_folds"] == pytest.approx(f.mean(), abs=1e-12)
+        assert table.loc[n, "mAP_folds_std"] == pytest.approx(f.std(ddof=1), abs=1e-12)
+    b, twin, dr = table.loc["b"], table.loc["twin"], table.loc["drift"]
+    assert b.d_mAP_folds == pytest.approx(folds["b"].mean() - folds["a"].mean(), abs=1e-12)
+    assert b.folds_won == int((folds["b"] > folds["a"]).sum()) == 3
+    assert b.d_mAP_lo <= b.d_mAP <= b.d_mAP_hi and b.d_mAP_lo > 0 and bool(b.d_mAP_real)
+    assert twin.d_mAP == 0 and twin.d_mAP_lo == twin.d_mAP_hi == 0 and not bool(twin.d_mAP_real) and twin.folds_won == 0
+    assert np.isnan(table.loc["a", "d_mAP_lo"])                                  # the baseline itself
+    assert np.isfinite(b.d_tail_lo) and b.d_tail_lo <= b.d_tail_hi               # tail: Mass and Hernia (2 positives)
+    # the rescaled fold: same per-fold figures as a, a lower pooled one, and the drift named; a's own
+    # gap (folds of 80 images inflate the AP of rare classes) is not blamed on scales
+    assert dr.mAP_folds == pytest.approx(table.loc["a", "mAP_folds"]) and dr.mAP < table.loc["a", "mAP"] - 0.02
+    assert "score scales differ" in dr.drift and "fold 1: mean prob" in dr.drift
+    assert not isinstance(table.loc["a", "drift"], str) or "not from score scales" in table.loc["a", "drift"]
+    md = r["markdown"]
+    assert "Against the baseline a:" in md and "WARNING drift: fold drift" in md
+    twin_line = next(line for line in md.splitlines() if line.startswith("| twin ") and "[" in line)
+    assert "n.d." in twin_line and " 0/3 |" in twin_line
+    b_line = next(line for line in md.splitlines() if line.startswith("| b ") and "[" in line)
+    assert "n.d." not in b_line and " 3/3 |" in b_line
+    first = (tmp_path / "cmp" / "table.csv").read_text()
+    compare_experiments([*cfgs, drift], tmp_path / "cmp", baseline="a")             # seeded: the same table
+    assert (tmp_path / "cmp" / "table.csv").read_text() == first
+    cfgs[0].compare.bootstrap = 0                                                   # no intervals, the rest stays
+    t0 = compare_experiments(cfgs, tmp_path / "cmp0", baseline="a")["table"].set_index("recipe")
+    assert t0.d_mAP_lo.isna().all() and t0.loc["b", "folds_won"] == 3
+    cfgs[0].compare.bootstrap = -1
+    with pytest.raises(CxrltError, match=r"^compare\.bootstrap=-1: must be a whole number >= 0$"):
+        compare_experiments(cfgs, tmp_path / "cmp0")

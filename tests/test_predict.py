@@ -107,3 +107,56 @@ def test_bad_inputs_give_one_line_errors(base, trained, tmp_path, tiny_root):
     with pytest.raises(CxrltError, match="1 of 41 ids have no cached image .*'not-in-cache'") as e:
         predict_experiment(cfg_at(base, trained, f"data.input_dir={root}"), progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_pooled_and_per_fold_figures_and_label_free_fold_normalisation(base, trained, tmp_path, tiny_root):
+    from scipy.stats import rankdata
+    from sklearn.metrics import average_precision_score
+
+    with pytest.raises(CxrltError, match=r"^predict\.oof_normalise must be one of none, rank, logit_standardise, not 'z'$"):
+        predict_experiment(cfg_at(base, tmp_path / "empty", "predict.oof_normalise=z"), progress=False)
+    with pytest.raises(CxrltError, match=r"^predict\.bootstrap=-5: must be a whole number >= 0$"):
+        predict_experiment(cfg_at(base, tmp_path / "empty", "predict.bootstrap=-5"), progress=False)
+    runs = {}
+    # the same checkpoints predicting with the real training labels and with the labels shuffled over rows
+    root = tmp_path / "input"
+    shutil.copytree(tiny_root / "demo", root / "demo")
+    train = pd.read_csv(root / "demo" / "train.csv", dtype=str, keep_default_na=False)
+    train[LABELS_2023] = train[LABELS_2023].sample(frac=1, random_state=0).to_numpy()
+    train.to_csv(root / "demo" / "train.csv", index=False)
+    for run, more in (("real", []), ("shuffled", [f"data.input_dir={root}"])):
+        out = tmp_path / run
+        shutil.copytree(trained, out)
+        predict_experiment(cfg_at(base, out, "predict.tta=none", "predict.oof_normalise=rank", *more), progress=False)
+        runs[run] = {f: (out / f).read_text() for f in ("oof.csv", "test.csv", "development.csv")}
+    assert runs["real"] == runs["shuffled"]                        # normalisation never reads a label
+    out = tmp_path / "real"
+    cfg = cfg_at(base, out, "predict.tta=none", "predict.oof_normalise=rank")
+    spec, df, files, y, fold_of = training_data(cfg)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["final"] == "no_tta/study/rank" and m["settings"]["oof_normalise"] == "rank"
+    oof = pd.read_csv(out / "oof.csv", dtype={"dicom_id": str})
+    p = oof[LABELS_2023].to_numpy()
+    per = []
+    for k in range(5):                                             # per-fold figures: scikit-learn on each fold
+        r = fold_of == k
+        per.append(np.mean([average_precision_score(y[r, c], p[r, c]) for c in range(26) if y[r, c].sum() > 0]))
+        assert m["folds"]["per_fold"][str(k)]["mAP"] == pytest.approx(per[-1], abs=1e-12)
+        assert np.allclose(p[r], (rankdata(p[r], axis=0) - 0.5) / r.sum(), atol=1e-7)   # mid-rank quantiles in the fold
+    assert m["folds"]["mean"]["mAP"] == pytest.approx(np.mean(per), abs=1e-12)
+    assert m["folds"]["std"]["mAP"] == pytest.approx(np.std(per, ddof=1), abs=1e-12)
+    assert m["per_fold"] == {str(k): pytest.approx(v, abs=1e-12) for k, v in enumerate(per)}
+    assert m["drift"]["gap"] == pytest.approx(np.mean(per) - m["mAP"], abs=1e-12)
+    assert set(m["drift"]["fold_mean_prob"]) == {str(k) for k in range(5)}
+    assert {g: v["n_images"] for g, v in m["by_view"].items()} == {
+        g: int(n) for g, n in pd.Series(df.ViewPosition.map({"PA": "frontal", "AP": "frontal", "LATERAL": "lateral",
+                                                             "LL": "lateral"}).fillna("other")).value_counts().items()}
+    assert set(m["development"]["by_view"]) <= {"frontal", "lateral", "other"} and "mAP" in m["development"]
+    assert set(m["variants_vs_final"]) == set(m["variants"]) - {m["final"]}
+    assert all(v["lo"] <= v["hi"] for v in m["variants_vs_final"].values())
+    # none: not up to date (a setting of stage 04), other test predictions, the raw final
+    none = cfg_at(base, out, "predict.tta=none")
+    r = predict_experiment(none, progress=False)
+    assert not r["skipped"] and r["final"] == "no_tta/study" and r["mAP"] == pytest.approx(m["variants"]["no_tta/study"])
+    assert (out / "test.csv").read_text() != runs["real"]["test.csv"]
+    assert r["folds"]["mean"]["mAP"] == pytest.approx(m["folds"]["mean"]["mAP"], abs=1e-6)   # monotone per fold

@@ -155,7 +155,8 @@ def apply_override(cfg: dict, item: str) -> None:
 INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "cache.max_image_pixels", "folds.k", "folds.seed", "train.epochs", "train.batch_size",
                 "train.val_batch_size", "train.grad_accum", "train.workers", "train.log_every",
                 "train.max_steps_per_epoch", "predict.batch_size", "predict.workers", "blend.fit_steps",
-                "augment.mosaic_off_last_epochs", "loss.drw_epoch"}
+                "augment.mosaic_off_last_epochs", "loss.drw_epoch", "predict.bootstrap", "compare.bootstrap",
+                "compare.seed"}
 # (low, high, low inclusive, high inclusive); None = unbounded
 _PROB = (0, 1, True, True)
 RANGES = {
@@ -168,6 +169,7 @@ RANGES = {
     "train.max_steps_per_epoch": (1, None, True, None), "train.class_aware_t": (0, 1, False, True),
     "train.class_aware_cap": (1, None, True, None), "predict.batch_size": (1, None, True, None),
     "predict.workers": (0, None, True, None), "blend.fit_steps": (1, None, True, None),
+    "predict.bootstrap": (0, None, True, None), "compare.bootstrap": (0, None, True, None),
     "loss.label_smoothing": (0, 1, True, False), "loss.drw_epoch": (0, None, True, None),
     "augment.mosaic_min_visible": _PROB, "augment.mosaic_off_last_epochs": (0, None, True, None),
     "augment.mixup_alpha": (0, None, False, None), "augment.balanced_mixup_alpha": (0, None, False, None),

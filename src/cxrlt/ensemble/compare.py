@@ -1,11 +1,16 @@
-"""Stage 08: several experiments side by side, over the same folds.
+"""Stage 08: several experiments side by side, over the same folds, and whether their differences are real.
 
-One row per experiment: OOF mAP, mAUC and head / medium / tail mAP (from its metrics.json, stage
-04 or 05), tuned mF1 measured honestly (per-class thresholds fitted on the other folds, recomputed
-here from oof.csv, so stage 06 need not have run), development mAP where the development CSV is
-labelled, training time (sum of `time_s` over fold*/log.csv) and the difference in mAP and tail mAP
-against a baseline. Experiments whose OOF ids or folds differ are refused: their figures would not
-be comparable. Writes table.md, table.csv and mAP_by_group.png into compare_<name>/.
+One row per experiment, every figure recomputed from its oof.csv and the training labels: the
+pooled OOF figure (one ranking over all images) beside the mean and std of per-fold figures, for
+mAP, mAUC, mF1 at 0.5 and head / medium / tail mAP; frontal-only pooled mAP where the preset has a
+view column; tuned mF1 measured honestly (per-class thresholds fitted on the other folds, so stage
+06 need not have run); development mAP (from metrics.json) where the development CSV is labelled;
+training time (sum of `time_s` over fold*/log.csv). Against a baseline: the difference in pooled
+and per-fold mean mAP, the folds in which the recipe wins, and a paired bootstrap over patients
+(`compare.bootstrap` resamples, `compare.seed`) giving the 95 % interval of the difference in mAP
+and tail mAP; an interval containing 0 is marked n.d. (not distinguishable). Experiments whose
+OOF ids or folds differ are refused: their figures would not be comparable. Writes table.md,
+table.csv and mAP_by_group.png into compare_<name>/.
 """
 from __future__ import annotations
 
@@ -19,14 +24,25 @@ from cxrlt.config import Config, load_config
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.ensemble.thresholds import honest_f1
 from cxrlt.errors import CxrltError
+from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
 from cxrlt.evaluate.predictions import read_predictions
+from cxrlt.evaluate.validation import METRICS, best_epochs, drift_check, fold_summary, headline, view_groups
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, save_figure, write_csv, write_text
+from cxrlt.metrics import evaluate, map_score, prevalence_groups
 
-COLUMNS = ["recipe", "mAP", "mAUC", "head", "medium", "tail", "mF1_honest", "dev_mAP", "train_min", "d_mAP", "d_tail"]
-NOTE = ("OOF figures over the same folds. head / medium / tail: mAP of classes with >10 %, 1-10 %, <1 % training "
-        "prevalence; mF1_honest: per-class thresholds fitted on the other folds; dev_mAP: development set; "
-        "'-': not available; train_min: sum of time_s over fold*/log.csv, minutes; d_*: minus the baseline")
+FIGURES = [c for m in METRICS for c in (m, f"{m}_folds", f"{m}_folds_std")]
+DIFFS = ["d_mAP", "d_mAP_lo", "d_mAP_hi", "d_mAP_real", "d_mAP_folds", "folds_won",
+         "d_tail", "d_tail_lo", "d_tail_hi", "d_tail_real"]
+COLUMNS = ["recipe", *FIGURES, "frontal", "mF1_honest", "dev_mAP", "train_min", *DIFFS, "drift"]
+NOTE = ("OOF figures over the same folds: pooled (one ranking over all images) and, in brackets, mean ± std of the "
+        "per-fold figures. head / medium / tail: mAP of classes with >10 %, 1-10 %, <1 % training prevalence; "
+        "frontal: pooled mAP of PA/AP images; mF1_honest: per-class thresholds fitted on the other folds; "
+        "dev_mAP: development set (never fitted on); '-': not available; train_min: sum of time_s over "
+        "fold*/log.csv, minutes")
+DIFF_NOTE = ("d_*: minus the baseline, pooled; 95 % CI: paired bootstrap over patients ({n} resamples, seed {seed}), "
+             "n.d.: the interval contains 0, not distinguishable; d_mAP_folds: difference of per-fold mean mAP; "
+             "won: folds in which the recipe's own mAP beats the baseline's")
 
 
 def recipe_config(recipe: str, overrides=()) -> Config:
@@ -45,8 +61,9 @@ def train_minutes(exp: Path) -> float:
     return sum(float(pd.read_csv(f)["time_s"].sum()) for f in logs) / 60 if logs else float("nan")
 
 
-def experiment_row(cfg: Config) -> tuple[dict, pd.DataFrame]:
-    """One experiment's figures, and its OOF id and fold columns (for the same-folds check)."""
+def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame, dict]:
+    """One experiment's figures; its OOF id and fold columns (for the same-folds check); and the
+    per-fold mAPs and, with n_boot, per-class AP on each patient resample (for the differences)."""
     spec = resolve_dataset(cfg.data)
     exp = experiment_dir(cfg)
     stage = "05_blend" if cfg.get("blend", {}).get("members") else "04_predict"
@@ -59,17 +76,43 @@ def experiment_row(cfg: Config) -> tuple[dict, pd.DataFrame]:
     oof = read_predictions(exp / "oof.csv", spec.labels, spec.id_col, ids=train[spec.id_col])
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(exp / 'oof.csv')}: no fold column")
-    f1 = honest_f1(label_matrix(spec, train), oof[list(spec.labels)].to_numpy(np.float64), oof["fold"].to_numpy())
-    groups = m.get("groups") or {}
-    row = dict(recipe=cfg.name, mAP=_float(m["mAP"]), mAUC=_float(m.get("mAUC")),
-               **{g: _float(groups.get(g)) for g in ("head", "medium", "tail")},
-               mF1_honest=float(np.nanmean(f1)), dev_mAP=_float((m.get("development") or {}).get("mAP")),
-               train_min=train_minutes(exp))
-    return row, oof[[spec.id_col, "fold"]].rename(columns={spec.id_col: "id"})
+    names = list(spec.labels)
+    y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
+    pos, n = y.sum(0), len(y)
+    pooled, fs = headline(evaluate(y, p, names, pos, n)), fold_summary(y, p, folds, names, pos, n)
+    front = view_groups(train[spec.view_col]) == "frontal" if spec.view_col in train.columns else np.zeros(n, bool)
+    frontal = map_score(y[front], p[front]) if front.any() else float("nan")
+    drift = drift_check(y, pooled["mAP"], fs["mean"]["mAP"], p, folds, names, best_epochs(exp, fs["per_fold"]),
+                        normalised=(m.get("settings") or {}).get("oof_normalise", "none"))
+    row = dict(recipe=cfg.name, **{c: v for mm in METRICS for c, v in
+                                   ((mm, pooled[mm]), (f"{mm}_folds", fs["mean"][mm]), (f"{mm}_folds_std", fs["std"][mm]))},
+               frontal=frontal, mF1_honest=float(np.nanmean(honest_f1(y, p, folds))),
+               dev_mAP=_float((m.get("development") or {}).get("mAP")), train_min=train_minutes(exp),
+               drift=drift["warning"] or "")
+    extra = dict(fold_map={k: v["mAP"] for k, v in fs["per_fold"].items()},
+                 ap=bootstrap_ap(y, {"p": p}, train[spec.patient_col], n_boot, seed)["p"] if n_boot else None,
+                 tail=np.array(prevalence_groups(pos, n)) == "tail")
+    return row, oof[[spec.id_col, "fold"]].rename(columns={spec.id_col: "id"}), extra
+
+
+def _differences(row: dict, base: dict, x: dict, xb: dict) -> dict:
+    """The d_* columns of one row against the baseline's (x: experiment_row's extras)."""
+    d = dict(d_mAP=row["mAP"] - base["mAP"], d_mAP_folds=row["mAP_folds"] - base["mAP_folds"],
+             d_tail=row["tail"] - base["tail"],
+             folds_won=int(sum(v > xb["fold_map"][k] for k, v in x["fold_map"].items())))
+    for key, cols in (("d_mAP", None), ("d_tail", x["tail"])):
+        lo = hi = real = float("nan")
+        if x["ap"] is not None and row["recipe"] != base["recipe"]:
+            lo, hi = interval(subset_map(x["ap"], cols) - subset_map(xb["ap"], cols))
+            real = distinguishable(lo, hi)
+            real = float("nan") if real is None else real
+        d.update({f"{key}_lo": lo, f"{key}_hi": hi, f"{key}_real": real})
+    return d
 
 
 def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | None = None) -> dict:
     """Compare experiments (their resolved recipes; outputs at experiment_dir(cfg)) into folder `out`.
+    `compare.bootstrap` and `compare.seed` come from the first recipe.
 
     Returns dict(table=DataFrame in COLUMNS order, markdown=str, dir=Path, files=[paths]).
     """
@@ -81,9 +124,12 @@ def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | Non
     baseline = baseline or names[0]
     if baseline not in names:
         raise CxrltError(f"baseline '{baseline}' is not one of the compared recipes ({', '.join(names)})")
-    rows, first = [], None
+    cc = cfgs[0].get("compare") or {}
+    n_boot = check_count("compare.bootstrap", cc.get("bootstrap", 1000))
+    seed = check_count("compare.seed", cc.get("seed", 0))
+    rows, extras, first = [], {}, None
     for cfg in cfgs:
-        row, folds = experiment_row(cfg)
+        row, folds, extra = experiment_row(cfg, n_boot, seed)
         if first is None:
             first = (cfg.name, folds)
         elif not np.array_equal(folds["id"].to_numpy(), first[1]["id"].to_numpy()):
@@ -92,13 +138,12 @@ def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | Non
             raise CxrltError(f"recipes '{first[0]}' and '{cfg.name}': OOF folds differ (made with other folds?); "
                              "only experiments over the same folds compare")
         rows.append(row)
-    table = pd.DataFrame(rows)
-    base = table.set_index("recipe").loc[baseline]
-    table["d_mAP"] = table["mAP"] - base["mAP"]
-    table["d_tail"] = table["tail"] - base["tail"]
+        extras[cfg.name] = extra
+    base = next(r for r in rows if r["recipe"] == baseline)
+    table = pd.DataFrame([dict(r, **_differences(r, base, extras[r["recipe"]], extras[baseline])) for r in rows])
     table = table[COLUMNS]
     out = Path(out)
-    md = markdown_table(table) + f"\n\n{NOTE}; baseline: {baseline}.\n"
+    md = markdown_report(table, baseline, n_boot, seed, len(extras[baseline]["fold_map"]))
     files = [write_text(out / "table.md", md), write_csv(out / "table.csv", table),
              plot_groups(table, out / "mAP_by_group.png")]
     return dict(table=table, markdown=md, dir=out, files=files, baseline=baseline)
@@ -135,6 +180,39 @@ def markdown_table(table: pd.DataFrame) -> str:
 
     rule = "|" + "|".join(("-" * (n + 1) + ":") if i else ("-" * (n + 2)) for i, n in enumerate(w)) + "|"
     return "\n".join([line(list(table.columns)), rule, *map(line, cells)])
+
+
+def _pair(r, m: str) -> str:
+    """'pooled (mean ± std)' of one metric."""
+    if not np.isfinite(r[m]):
+        return "-"
+    return f"{_cell(m, r[m])} ({_cell(m, r[m + '_folds'])} ± {_cell(m, r[m + '_folds_std'])})"
+
+
+def _ci(r, key: str) -> str:
+    lo, hi, real = r[f"{key}_lo"], r[f"{key}_hi"], r[f"{key}_real"]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "-"
+    return f"[{lo:+.4f}, {hi:+.4f}]" + ("" if real == 1 else " n.d.")
+
+
+def markdown_report(table: pd.DataFrame, baseline: str, n_boot: int, seed: int, n_folds: int) -> str:
+    """Two markdown tables (figures; differences against the baseline), notes and drift warnings."""
+    figs = pd.DataFrame({"recipe": table.recipe,
+                         **{("mF1@0.5" if m == "mF1" else m): [_pair(r, m) for _, r in table.iterrows()] for m in METRICS},
+                         **{c: table[c] for c in ("frontal", "mF1_honest", "dev_mAP", "train_min")}})
+    diffs = pd.DataFrame({"recipe": table.recipe, "d_mAP": table.d_mAP,
+                          "d_mAP 95 % CI": [_ci(r, "d_mAP") for _, r in table.iterrows()],
+                          "d_mAP_folds": table.d_mAP_folds, "won": [f"{int(w)}/{n_folds}" for w in table.folds_won],
+                          "d_tail": table.d_tail, "d_tail 95 % CI": [_ci(r, "d_tail") for _, r in table.iterrows()]})
+    diffs = diffs[diffs.recipe != baseline]
+    parts = [markdown_table(figs), "", f"{NOTE}.", ""]
+    if len(diffs):
+        parts += [f"Against the baseline {baseline}:", "", markdown_table(diffs), "",
+                  DIFF_NOTE.format(n=n_boot, seed=seed) + ".", ""]
+    parts += [f"baseline: {baseline}."]
+    parts += [f"WARNING {r.recipe}: {r.drift}" for r in table.itertuples() if r.drift]
+    return "\n".join(parts) + "\n"
 
 
 def plot_groups(table: pd.DataFrame, path: Path) -> Path:

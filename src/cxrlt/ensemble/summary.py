@@ -1,5 +1,6 @@
-"""The closing summary of run_all.sh: each experiment's OOF mAP, the blend's (fitted and honest),
-mF1 at 0.5 and tuned, and the newest submission."""
+"""The closing summary of run_all.sh: each experiment's OOF figures (pooled, mean ± std of per-fold
+figures, development apart, per view group, the drift warning), the blend's mAP (fitted and
+honest), mF1 at 0.5 and tuned, and the newest submission."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import json
 
 import pandas as pd
 
+from cxrlt.evaluate.validation import figure_lines
 from cxrlt.fileio import display_path, project_path
 
 
@@ -22,8 +24,12 @@ def main(argv=None) -> None:
     exp = project_path("experiments")
     for name in a.recipes.split(","):
         m = _load(exp / name / "metrics.json")
-        print(f"{name:>24s}: OOF mAP {m['mAP']:.4f}  mAUC {m['mAUC']:.4f}  (head {m['groups']['head']:.3f}, "
-              f"medium {m['groups']['medium']:.3f}, tail {m['groups']['tail']:.3f})" if m else f"{name:>24s}: no metrics yet")
+        if not m:
+            print(f"{name:>24s}: no metrics yet")
+            continue
+        print(f"{name:>24s}: OOF mAP {m['mAP']:.4f} pooled" + (f", {m['final']}" if "final" in m else ""))
+        for line in figure_lines(m, indent=" " * 26):
+            print(line)
     m = _load(exp / a.final / "metrics.json")
     if m and "mAP_honest" in m:
         print(f"{a.final:>24s}: OOF mAP {m['mAP']:.4f} fitted, {m['mAP_honest']:.4f} honest; weights "

@@ -4,7 +4,12 @@ Each fold's best.pt predicts its own held-out images (OOF) and every development
 with and without the TTA views of `predict.tta` (all views from the same pass over the data, each
 view's OOF mAP reported); test and development predictions are the mean over folds. Study
 aggregation (the view-weighted mean over a study's images) is applied when the recipe asks for it
-and the preset has a study column, then normal gating (`predict.normal_gating`) when set. Writes
+and the preset has a study column, then normal gating (`predict.normal_gating`) when set, then fold
+normalisation (`predict.oof_normalise`, evaluate.normalise): each fold model's map, fitted on its
+own OOF scores, is applied to its OOF rows and to its test and development predictions before they
+are averaged over folds. metrics.json reports the pooled OOF figures beside the mean and std of
+per-fold figures, a drift warning (evaluate.validation), figures per view group, the development
+figures apart, and each variant against the final one with a patient-bootstrap interval. Writes
 experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
 """
 from __future__ import annotations
@@ -22,7 +27,10 @@ from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, make_loader
 from cxrlt.data.splits import current_assignment, training_data
 from cxrlt.errors import CxrltError
+from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
+from cxrlt.evaluate.normalise import FoldNormaliser, check_method
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
+from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
 from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
@@ -101,6 +109,8 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     remove_stale_tmp(out)   # left by a run killed mid-write
     spec = resolve_dataset(cfg.data)
     views, gate = _check_settings(cfg.predict, spec)
+    check_method(cfg.predict.oof_normalise)
+    check_count("predict.bootstrap", cfg.predict.bootstrap)
     ckpts = _checkpoints(cfg)
     fp = fingerprint(cfg, spec, current_assignment(cfg, spec))
     loaded = {k: load(path) for k, path in ckpts.items()}
@@ -129,11 +139,11 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     others = {s: t for s in ("dev", "test") if (t := _split_table(cfg, spec, s, cache)) is not None}
     n_tr = len(train_df)
     # OOF probabilities of each view alone and of all views combined, filled fold by fold;
-    # dev/test: the combined probabilities summed over folds
+    # dev/test: each fold model's combined probabilities (averaged after any fold normalisation)
     oof_views = {v: np.zeros((n_tr, len(names))) for v in ("none", *views)}
     oof_tta = np.zeros((n_tr, len(names)))
-    sums = {s: np.zeros((len(t[0]), len(names))) for s, t in others.items()}
-    per_fold, t0 = {}, time.time()
+    per_model = {s: {} for s in others}         # dev/test: each fold model's combined probabilities
+    t0 = time.time()
     bs, workers = int(pc.batch_size), int(pc.workers)
     for k, path in progress_bar(len(ckpts), "folds", "fold", progress and accelerator.is_main_process,
                                 iterable=ckpts.items()):
@@ -156,41 +166,53 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
                 for v, t in by_view.items():
                     oof_views[v][held] = torch.sigmoid(t).numpy()
                 oof_tta[held] = probs
-                per_fold[k] = map_score(y[held], probs)
             else:
-                sums[job] += probs
+                per_model[job][k] = probs
         accelerator.free_memory()
     if not accelerator.is_main_process:
         return dict(skipped=False, dir=out)
 
     # variants: with/without TTA x image/study level (the recipe's choice, last, is the final one),
     # then the final one gated when normal gating is set
-    variants = {}
+    arrays = {}
     for tag, probs in [("no_tta", oof_views["none"])] + ([("tta", oof_tta)] if views else []):
-        variants[f"{tag}/image"] = map_score(y, probs)
+        arrays[f"{tag}/image"] = probs
         study = _aggregate(cfg, spec, train_df, probs)
         if study is not None:
-            variants[f"{tag}/study"] = map_score(y, study)
+            arrays[f"{tag}/study"] = study
         final, final_key = (study, f"{tag}/study") if study is not None else (probs, f"{tag}/image")
     if gate:
         final, final_key = normal_gating(final, *gate), final_key + "/gated"
-        variants[final_key] = map_score(y, final)
+        arrays[final_key] = final
+    raw, norm = final, FoldNormaliser(pc.oof_normalise, final, fold_of)
+    if pc.oof_normalise != "none":      # per fold, fitted on the OOF scores alone (never the labels)
+        final, final_key = norm.oof(), f"{final_key}/{pc.oof_normalise}"
+        arrays[final_key] = final
+    variants = {k: map_score(y, a) for k, a in arrays.items()}
     write_predictions(out / "oof.csv", train_df[spec.id_col], final, names, spec.id_col, fold=fold_of)
     # score what was written (and check it reads back with the training ids, in order)
     final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
+    arrays[final_key] = final
     result = evaluate(y, final, names, y.sum(0), n_tr)
+    result.update(_validation(cfg, spec, train_df, y, final, raw, fold_of, arrays, final_key))
     result.update(init=sorted(set(inits.values()))[0], variants=variants, final=final_key, tta_views={v: map_score(y, p) for v, p in oof_views.items()},
-                  per_fold=per_fold, settings=_settings(cfg),
-                  inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
+                  settings=_settings(cfg), inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
     written = {"oof": out / "oof.csv"}
     for s, (df, _) in others.items():
-        probs = _postprocess(cfg, spec, df, sums[s] / len(ckpts), gate)
+        if pc.oof_normalise == "none":
+            probs = _postprocess(cfg, spec, df, sum(per_model[s].values()) / len(ckpts), gate)
+        else:   # each fold model through its own map, then the mean over folds
+            probs = sum(norm.apply(_postprocess(cfg, spec, df, p, gate), k) for k, p in per_model[s].items()) / len(ckpts)
         name = "development.csv" if s == "dev" else "test.csv"
         write_predictions(out / name, df[spec.id_col], probs, names, spec.id_col)
         written[s] = out / name
-        if s == "dev" and all(c in df.columns for c in names):
-            result["development"] = {k: v for k, v in evaluate(df[names].to_numpy(), probs, names, y.sum(0), n_tr).items()
+        if s == "dev" and all(c in df.columns for c in names):   # reported apart, never fitted on
+            dev_y = df[names].to_numpy()
+            result["development"] = {k: v for k, v in evaluate(dev_y, probs, names, y.sum(0), n_tr).items()
                                      if k != "per_class"}
+            if spec.view_col and spec.view_col in df.columns:
+                result["development"]["by_view"] = view_figures(dev_y, probs, view_groups(df[spec.view_col]), names,
+                                                           y.sum(0), n_tr)
     from cxrlt.evaluate.report import plot_per_class_ap, plot_pr_curves
 
     plot_per_class_ap(result, out / "per_class_ap.png", title=f"{cfg.name}: OOF AP per class")
@@ -209,20 +231,53 @@ def _settings(cfg) -> dict:
     gating = pc.normal_gating
     return dict(tta=pc.tta, tta_mean=pc.tta_mean, study_aggregation=bool(pc.study_aggregation),
                 view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight),
-                normal_gating=None if gating is None else float(gating))
+                normal_gating=None if gating is None else float(gating), oof_normalise=pc.oof_normalise,
+                bootstrap=int(pc.bootstrap))
+
+
+def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final_key: str) -> dict:
+    """metrics.json's validation fields: per-fold figures (`folds`; `per_fold` is their mAP), the
+    drift check (scales measured on `raw`, the OOF before normalisation), figures per view group,
+    and each variant against the final OOF (paired bootstrap over patients, `predict.bootstrap`
+    resamples, seed 0)."""
+    names, pos, n = list(spec.labels), y.sum(0), len(y)
+    folds = fold_summary(y, final, fold_of, names, pos, n)
+    pooled = map_score(y, final)
+    out = dict(folds=folds, per_fold={k: v["mAP"] for k, v in folds["per_fold"].items()},
+               drift=drift_check(y, pooled, folds["mean"]["mAP"], raw, fold_of, names,
+                                 best_epochs(experiment_dir(cfg), folds["per_fold"]), normalised=cfg.predict.oof_normalise))
+    if spec.view_col and spec.view_col in train_df.columns:
+        out["by_view"] = view_figures(y, final, view_groups(train_df[spec.view_col]), names, pos, n, folds=fold_of)
+    n_boot = int(cfg.predict.bootstrap)
+    if n_boot and len(arrays) > 1:
+        ap = bootstrap_ap(y, arrays, train_df[spec.patient_col], n_boot, seed=0)
+        base = subset_map(ap[final_key])
+        vs = {}
+        for k in arrays:
+            if k != final_key:
+                lo, hi = interval(subset_map(ap[k]) - base)
+                vs[k] = dict(d_mAP=map_score(y, arrays[k]) - pooled, lo=lo, hi=hi, distinguishable=distinguishable(lo, hi))
+        out["variants_vs_final"] = vs
+    return out
+
+
+def _num(v, spec: str = ".4f") -> str:
+    return "-" if v is None or v != v else format(v, spec)
 
 
 def summary_lines(r: dict) -> list[str]:
     """A one-screen summary of metrics.json."""
+    vs, scale = r.get("variants_vs_final") or {}, (r.get("drift") or {}).get("fold_mean_prob", {})
     lines = [f"OOF mAP {r['mAP']:.4f}  mAUC {r['mAUC']:.4f}  mF1@0.5 {r['mF1']:.4f}  ({r['final']}, {r['n_images']} images)",
+             *figure_lines(r),
              "  variants: " + ", ".join(f"{k} {v:.4f}" for k, v in r["variants"].items()),
+             *(["  against the final, 95 % interval over patients: " + ", ".join(
+                 f"{k} {_num(v['d_mAP'], '+.4f')} [{_num(v['lo'], '+.4f')}, {_num(v['hi'], '+.4f')}]"
+                 + (" n.d." if v["distinguishable"] is False else "") for k, v in vs.items())] if vs else []),
              *(["  views:    " + ", ".join(f"{k} {v:.4f}" for k, v in r["tta_views"].items())
                 + " (image level; combined: tta/image)"] if len(r.get("tta_views", {})) > 1 else []),
-             "  groups:   " + ", ".join(f"{g} {v:.4f}" for g, v in r["groups"].items()),
-             "  folds:    " + ", ".join(f"{k}: {v:.4f}" for k, v in r["per_fold"].items())]
-    if r.get("development"):
-        d = r["development"]
-        lines.append(f"  development: mAP {d['mAP']:.4f}  mAUC {d['mAUC']:.4f}  ({d['n_images']} images)")
+             "  folds:    " + ", ".join(f"{k}: {_num(v)}" + (f" (mean prob {scale[k]:.3f})" if k in scale else "")
+                                       for k, v in r["per_fold"].items())]
     pcs = sorted(((v["AP"], k) for k, v in r["per_class"].items() if v["AP"] is not None), reverse=True)
     lines.append("  best:  " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[:4]))
     lines.append("  worst: " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[-4:]))
