@@ -1,17 +1,21 @@
-"""Stage 03: train a timm backbone per fold. Start it through accelerate for several GPUs or nodes:
+"""Stage 03: train a timm backbone per fold, or, for a recipe with `stage2.from`, a second stage
+(cRT, tau-norm, multi-view fusion) over each fold's frozen first-stage backbone. Start it through
+accelerate for several GPUs or nodes:
 
     accelerate launch src/03_train.py --config experiments/effv2s_768.yaml [--fold 0]
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.fileio import display_path
 from cxrlt.train.fold import train_fold
+from cxrlt.train.second_stage import is_second_stage, train_second_stage
 
 
 def main():
     args = stage_parser(__doc__, fold=True).parse_args()
     cfg = config_from_args(args)
     folds = [args.fold] if args.fold is not None else (cfg.train.folds or list(range(int(cfg.folds.k))))
-    results = [train_fold(cfg, int(f), force=args.force) for f in folds]
+    train = train_second_stage if is_second_stage(cfg) else train_fold
+    results = [train(cfg, int(f), force=args.force) for f in folds]
     for r in results:
         if r.get("skipped"):
             print(f"fold {r['fold']}: already finished (best val mAP {r['best_mAP']:.4f} at epoch {r['best_epoch']}); "

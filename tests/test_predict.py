@@ -46,7 +46,7 @@ def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base
 
 def test_demo_report_matches_sklearn_and_studies_share_rows(base, trained):
     cfg = cfg_at(base, trained)
-    r = predict_experiment(cfg, progress=False)
+    predict_experiment(cfg, progress=False)
     spec, df, files, y, fold_of = training_data(cfg)
     oof = pd.read_csv(trained / "oof.csv", dtype={"dicom_id": str})
     m = json.loads((trained / "metrics.json").read_text())

@@ -29,18 +29,40 @@ def done_marker(cfg, fold: int) -> Path:
     return fold_dir(cfg, fold) / "done.json"
 
 
+# what a checkpoint written before a field existed implicitly had
+_LEGACY = {"head": "linear"}
+# the keys of a second stage that shape its weights, per method
+STAGE2_KEYS = {"crt": (), "tau_norm": (), "fusion": ("grid", "dim", "layers", "heads")}
+
+
+def head_spec(mcfg) -> str:
+    """The head and the options that shape its weights, e.g. `linear`, `csra(csra_lambda=0.1,...)`."""
+    head = mcfg.get("head", "linear")
+    prefix = {"ml_decoder": "decoder_", "csra": "csra_"}.get(head)
+    if prefix is None:
+        return head
+    return f"{head}(" + ",".join(f"{k}={mcfg[k]}" for k in sorted(mcfg) if k.startswith(prefix)) + ")"
+
+
 def fingerprint(cfg, spec, folds: str) -> dict:
     """What must not change between a checkpoint and the code that resumes or uses it; `folds` is
     the hash of the fold assignment (data.splits.assignment_hash): a fold's model is only valid for
-    the held-out set it was trained without."""
-    return dict(model=cfg.model.name, in_chans=int(cfg.model.in_chans), image_size=int(cfg.cache.size),
-                resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels), folds=folds)
+    the held-out set it was trained without. A second stage adds its own part (`stage2`)."""
+    fp = dict(model=cfg.model.name, in_chans=int(cfg.model.in_chans), head=head_spec(cfg.model),
+              image_size=int(cfg.cache.size), resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels),
+              folds=folds)
+    s2 = cfg.get("stage2") or {}
+    if s2.get("from"):
+        method = s2.get("method")
+        fp["stage2"] = {"from": s2["from"], "method": method, **{k: s2[k] for k in STAGE2_KEYS.get(method, ())}}
+    return fp
 
 
 def check_fingerprint(saved: dict, current: dict, path, advice: str) -> None:
     """One-line error naming what changed; `advice` says what the user can do about it."""
     if not saved:
         raise CxrltError(f"{display_path(path)}: records no recipe fingerprint (written by an older version); {advice}")
+    saved = {**_LEGACY, **saved}
     changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
     if changed:
         raise CxrltError(f"{display_path(path)}: recipe changed since this checkpoint ({'; '.join(changed)[:300]}); {advice}")

@@ -157,3 +157,29 @@ def make_loader(ds: CxrDataset, batch_size: int, workers: int, train: bool, tcfg
                       # and per-epoch dataset settings (mosaic off for the last epochs) reach them
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
 
+
+
+class StudyDataset(Dataset):
+    """Studies as stacks of their cached images for a study-level model: item i is ((images
+    (V, 1, H, W) uint8 padded with zeros to max_views, view kinds (V,), present (V,) bool), study
+    labels (or an empty vector), i). At most max_views images per study (data.studies.pick_views)."""
+
+    def __init__(self, files, groups, kinds, max_views: int, labels=None):
+        self.files, self.groups, self.kinds = [str(f) for f in files], list(groups), np.asarray(kinds, np.int64)
+        self.max_views = int(max_views)
+        self.labels = None if labels is None else np.asarray(labels, np.float32)
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, i):
+        from cxrlt.data.studies import pick_views
+
+        rows = pick_views(self.groups[i], self.max_views)
+        imgs = [read_cached(self.files[r]) for r in rows]
+        x = np.zeros((self.max_views, 1, *imgs[0].shape), np.uint8)
+        kinds, present = np.zeros(self.max_views, np.int64), np.zeros(self.max_views, bool)
+        for j, (r, img) in enumerate(zip(rows, imgs)):
+            x[j, 0], kinds[j], present[j] = img, self.kinds[r], True
+        y = self.labels[i] if self.labels is not None else np.zeros(0, np.float32)
+        return (torch.from_numpy(x), torch.from_numpy(kinds), torch.from_numpy(present)), torch.as_tensor(y), i

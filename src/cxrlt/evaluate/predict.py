@@ -24,8 +24,9 @@ import torch
 from cxrlt.config import Config, rerun_hint, save_resolved
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.data.images import Cache
-from cxrlt.data.loader import CxrDataset, make_loader
+from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
 from cxrlt.data.splits import current_assignment, training_data
+from cxrlt.data.studies import study_groups, view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
 from cxrlt.evaluate.normalise import FoldNormaliser, check_method
@@ -35,9 +36,9 @@ from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir,
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
-from cxrlt.models.checkpoint import load
+from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.factory import create_model
-from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader
+from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input
 from cxrlt.runtime import is_main_process, make_accelerator
 
 
@@ -144,23 +145,17 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     oof_tta = np.zeros((n_tr, len(names)))
     per_model = {s: {} for s in others}         # dev/test: each fold model's combined probabilities
     t0 = time.time()
-    bs, workers = int(pc.batch_size), int(pc.workers)
     for k, path in progress_bar(len(ckpts), "folds", "fold", progress and accelerator.is_main_process,
                                 iterable=ckpts.items()):
         ck = loaded[k]
-        net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
-        net.load_state_dict(ck["model"])
+        net, arch = _fold_model(ck, cfg, names)
         net = net.to(accelerator.device)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
         held = np.flatnonzero(fold_of == k)
-        jobs = {"oof": [files[i] for i in held], **{s: t[1] for s, t in others.items()}}
-        for job, job_files in jobs.items():
-            loader = accelerator.prepare(make_loader(CxrDataset(job_files), bs, workers, False))
-            logits, _, idx, extra = predict_loader(net, loader, accelerator, ck["mean"], ck["std"],
-                                                   cfg.train.channels_last, views=views)
-            order = np.argsort(idx.numpy())
-            by_view = {"none": logits[order], **{v: t[order] for v, t in (extra or {}).items()}}
+        jobs = {"oof": (train_df.iloc[held], [files[i] for i in held]), **others}
+        for job, (job_df, job_files) in jobs.items():
+            by_view = _logits(net, arch, spec, job_df, job_files, accelerator, ck, views, cfg)
             probs = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean).numpy()
             if job == "oof":
                 for v, t in by_view.items():
@@ -223,6 +218,43 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     result["outputs"] = stamps({p.name: p for p in [*written.values(), out / "per_class_ap.png", out / "pr_rarest.png"]})
     write_text(metrics_file, to_json(result, indent=1))
     return dict(result, skipped=False, dir=out, written=written)
+
+
+def _fold_model(ck: dict, cfg, names):
+    """A fold's model from its checkpoint alone (its arch record); checkpoints written before
+    checkpoints described their model are rebuilt from the recipe."""
+    if ck.get("arch"):
+        return load_model(ck)
+    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
+    net.load_state_dict(ck["model"])
+    return net.eval(), {"kind": "image"}
+
+
+def _logits(net, arch, spec, df, files, accelerator, ck, views, cfg) -> dict:
+    """{view: logits (n, C)} of a fold model for the rows of `df` (in its order): one pass over the
+    images, or over the studies for a study model (every image gets its study's logits)."""
+    pc = cfg.predict
+    bs, workers, cl = int(pc.batch_size), int(pc.workers), bool(cfg.train.channels_last)
+    if arch.get("kind") == "study_fusion":
+        groups = (study_groups(df, spec) if spec.study_col and spec.study_col in df.columns
+                  else [np.array([i]) for i in range(len(df))])      # no study column: each image alone
+        vocab = arch.get("view_kinds") or []
+        kinds = (view_kinds(df[spec.view_col], vocab) if vocab and spec.view_col and spec.view_col in df.columns
+                 else np.zeros(len(df), np.int64))
+        ds = StudyDataset(files, groups, kinds, int(arch["max_views"]))
+        loader = accelerator.prepare(make_loader(ds, max(1, bs // int(arch["max_views"])), workers, False))
+        to_input = study_input(ck["mean"], ck["std"], cl)
+        study_of = np.empty(len(df), np.int64)
+        for i, g in enumerate(groups):
+            study_of[g] = i
+    else:
+        loader = accelerator.prepare(make_loader(CxrDataset(files), bs, workers, False))
+        to_input, study_of = None, None
+    logits, _, idx, extra = predict_loader(net, loader, accelerator, ck["mean"], ck["std"], cl, views=views,
+                                           to_input=to_input)
+    order = np.argsort(idx.numpy())
+    by_view = {"none": logits[order], **{v: t[order] for v, t in (extra or {}).items()}}
+    return by_view if study_of is None else {v: t[study_of] for v, t in by_view.items()}
 
 
 def _settings(cfg) -> dict:

@@ -1,4 +1,6 @@
-"""Atomic checkpoints and the state a resumed run needs (timm train.py style `last` + `best`)."""
+"""Atomic checkpoints, the state a resumed run needs (timm train.py style `last` + `best`), and
+models rebuilt from a checkpoint file alone (its `arch` record: model, head, labels, input size
+and statistics; for a second stage also the fusion's shape and the view kinds it knows)."""
 from __future__ import annotations
 
 import random
@@ -7,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlt.fileio import write_atomic
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, write_atomic
 
 
 def save(obj: dict, path: str | Path) -> Path:
@@ -17,6 +20,39 @@ def save(obj: dict, path: str | Path) -> Path:
 
 def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def build_model(arch: dict) -> torch.nn.Module:
+    """The untrained model an `arch` record describes (no download)."""
+    from cxrlt.models.factory import model_from_arch
+
+    if arch.get("kind") == "image":
+        return model_from_arch(arch)
+    if arch.get("kind") == "study_fusion":
+        from cxrlt.models.fusion import StudyFusion, StudyFusionNet
+
+        f = arch["fusion"]
+        fusion = StudyFusion(int(f["in_dim"]), int(arch["num_classes"]), int(f["grid"]), len(arch["view_kinds"]) + 1,
+                             int(f["dim"]), int(f["layers"]), int(f["heads"]))
+        return StudyFusionNet(model_from_arch(arch["backbone"]), fusion, int(f["grid"]))
+    raise CxrltError(f"unknown model kind {arch.get('kind')!r} in a checkpoint's arch record")
+
+
+def load_model(source, strict: bool = True) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on the CPU with the checkpoint's weights, its arch record) from a best.pt
+    path or its loaded dict. A checkpoint without an arch record (older versions) or whose weights
+    do not fit it is a one-line error naming the file."""
+    ck = load(source) if isinstance(source, (str, Path)) else source
+    where = display_path(source) if isinstance(source, (str, Path)) else "checkpoint"
+    arch = ck.get("arch")
+    if not arch:
+        raise CxrltError(f"{where}: records no model description (written by an older version); retrain it")
+    net = build_model(arch)
+    try:
+        net.load_state_dict(ck["model"], strict=strict)
+    except RuntimeError as e:
+        raise CxrltError(f"{where}: weights do not fit the model it describes ({str(e).splitlines()[0][:200]})") from None
+    return net.eval(), arch
 
 
 def rng_state() -> dict:

@@ -1,4 +1,4 @@
-"""timm backbones with a multi-label head, and where their weights come from.
+"""timm backbones with a multi-label head (`model.head`, models.heads), and where their weights come from.
 
 Every model this module makes carries `init_source`: where its weights came from (`file:<path>`,
 `hub:<model>` or `random`), which checkpoints record so that one experiment never mixes folds that
@@ -17,6 +17,10 @@ import torch
 
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
+from cxrlt.models.heads import HEAD_KEYS, HeadedNet, build_head, check_head
+
+# model keys that decide the architecture (what a checkpoint records to rebuild its model)
+ARCH_KEYS = ("name", "in_chans", "drop_rate", "drop_path_rate", "head", *{k for v in HEAD_KEYS.values() for k in v})
 
 
 def create_model(mcfg, num_classes: int) -> torch.nn.Module:
@@ -27,9 +31,18 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
     which gives exactly the output of feeding the gray image replicated to three channels, at a third
     of the input memory and transfer.
     """
+    head = check_head(mcfg)
     kw = dict(num_classes=num_classes, in_chans=int(mcfg.in_chans), drop_rate=float(mcfg.drop_rate))
     if mcfg.drop_path_rate:
         kw["drop_path_rate"] = float(mcfg.drop_path_rate)
+    if head != "linear":   # the backbone's feature map goes to our head (timm drops a pretrained classifier)
+        kw.update(num_classes=0, global_pool="")
+
+    def _tag(net, source):
+        if head != "linear":
+            net = HeadedNet(net, build_head(mcfg, net.num_features, num_classes))
+        net.init_source = source
+        return net
     if mcfg.pretrained_path:
         path = project_path(mcfg.pretrained_path)
         if not path.is_file():
@@ -58,9 +71,18 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
         raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
 
 
-def _tag(net: torch.nn.Module, source: str) -> torch.nn.Module:
-    net.init_source = source
-    return net
+def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float) -> dict:
+    """What a checkpoint carries to rebuild its model from the file alone (models.checkpoint.load_model)."""
+    return dict(kind="image", model={k: mcfg.get(k) for k in ARCH_KEYS if k in mcfg}, labels=list(labels),
+                num_classes=len(labels), image_size=int(image_size), resize=resize, mean=float(mean), std=float(std))
+
+
+def model_from_arch(arch: dict) -> torch.nn.Module:
+    """The untrained model of an `arch_record` (no download: the weights come from the checkpoint)."""
+    from cxrlt.config import Config
+
+    return create_model(Config(dict(arch["model"], pretrained=False, pretrained_path=None, require_pretrained=False)),
+                        int(arch["num_classes"]))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -72,28 +72,47 @@ def apply_view(x: torch.Tensor, view: str, fill: float = 0.0) -> torch.Tensor:
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
+def image_input(mean: float, std: float, channels_last: bool):
+    """(batch, view) -> the model's arguments, for a batch of uint8 images (B, 1, H, W)."""
+    fill = -mean / std   # raw pixel 0 after normalisation
+
+    def f(x, view="none"):
+        x = apply_view(to_model_input(x, mean, std, False), view, fill)
+        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,)
+    return f
+
+
+def study_input(mean: float, std: float, channels_last: bool):
+    """(batch, view) -> the model's arguments, for a batch of studies ((B, V, 1, H, W) uint8, kinds,
+    present) of data.loader.StudyDataset: every image of the study seen through the same view."""
+    one = image_input(mean, std, channels_last)
+
+    def f(x, view="none"):
+        imgs, kinds, present = x
+        return one(imgs.flatten(0, 1), view)[0].view(*imgs.shape[:2], *imgs.shape[2:]), kinds, present
+    return f
+
+
 @torch.no_grad()
 def predict_loader(net, loader, accelerator, mean: float, std: float, channels_last: bool, hflip: bool = False,
-                   views=()):
+                   views=(), to_input=None):
     """Logits (N, C), labels, dataset indices and the logits of the extra TTA views.
 
     `views` names extra views (see `parse_views`); `hflip=True` is short for `views=["hflip"]`.
-    Returns (logits, labels, idx, extra), all on the CPU; extra is None without extra views, else a
-    dict view name -> logits (N, C) in the same row order as `logits`.
+    `to_input(batch, view)` gives the model's arguments (default: `image_input`; `study_input` for
+    a study model, or the identity over cached features). Returns (logits, labels, idx, extra), all
+    on the CPU; extra is None without extra views, else a dict view name -> logits (N, C) in the
+    same row order as `logits`.
     """
     views = list(dict.fromkeys([*(["hflip"] if hflip else []), *views]))
-    fill = -mean / std   # raw pixel 0 after normalisation
+    to_input = to_input or image_input(mean, std, channels_last)
     net.eval()
     outs, ys, ids, extra = [], [], [], {v: [] for v in views}
     for x, target, i in loader:
-        x = to_model_input(x, mean, std, channels_last)
         with accelerator.autocast():
-            logits = [net(x).float()]
+            logits = [net(*to_input(x, "none")).float()]
             for v in views:
-                xv = apply_view(x, v, fill)
-                if channels_last:
-                    xv = xv.contiguous(memory_format=torch.channels_last)
-                logits.append(net(xv).float())
+                logits.append(net(*to_input(x, v)).float())
         target, i, *logits = accelerator.gather_for_metrics((target, i, *logits))
         outs.append(logits[0].cpu())
         for v, lv in zip(views, logits[1:]):

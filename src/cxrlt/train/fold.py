@@ -14,7 +14,6 @@ import shutil
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cxrlt.config import Config, save_resolved
@@ -31,13 +30,14 @@ from cxrlt.experiment import (
     fold_dir,
     last_checkpoint,
 )
-from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_csv, write_text
+from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
-from cxrlt.models.factory import create_model, input_stats
+from cxrlt.models.factory import arch_record, create_model, input_stats
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
+from cxrlt.train.epochs import run_epochs
 from cxrlt.train.loop import set_epoch, train_one_epoch, validate
 from cxrlt.train.saver import CheckpointSaver
 
@@ -127,7 +127,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
 
     fp = fingerprint(cfg, spec, assignment_hash(df[spec.id_col], fold_of))
     saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, net, ema,
-                            optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict())
+                            optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict(),
+                            arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std))
     start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
     if main:
         if start:
@@ -138,8 +139,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
               f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}")
     tracking.start(accelerator, cfg, start)
 
-    t_fold = time.time()
-    for epoch in range(start, epochs):
+    def run_epoch(epoch: int):
         t0 = time.time()
         set_seed(base_seed + epoch)
         set_epoch(epoch, train_ds, train_loader, criterion, net)
@@ -149,32 +149,18 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
         bar.close()
         v = validate(saver.eval_net if ema is not None else model, val_loader, accelerator, mean, std,
                      tcfg.channels_last, names)
-        row = dict(epoch=epoch + 1, train_loss=tr_stats["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
-                   val_mAUC=v["val_mAUC"], lr=scheduler.get_last_lr()[0], img_s=tr_stats["img_s"],
-                   mosaic=train_ds.mosaic_p, loss_weighted=bool(getattr(criterion, "weighted", False)),
-                   time_s=time.time() - t0)
-        history.append(row)
-        if main:
-            if v["val_mAP"] > best:
-                best = v["val_mAP"]
-                saver.save_best(epoch, row)
-                preds = pd.DataFrame(v["probs"], columns=names)
-                preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va[v["idx"]]])
-                write_csv(out / "val_predictions.csv", preds)
-            tracking.log_epoch(accelerator, row)  # before last.pt: a kill in between is purged on resume
-            saver.save_last(epoch, best, history)
-            write_csv(out / "log.csv", pd.DataFrame(history))
-            from cxrlt.train.curve import plot_training_curve
+        return dict(epoch=epoch + 1, train_loss=tr_stats["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
+                    val_mAUC=v["val_mAUC"], lr=scheduler.get_last_lr()[0], img_s=tr_stats["img_s"],
+                    mosaic=train_ds.mosaic_p, loss_weighted=bool(getattr(criterion, "weighted", False)),
+                    time_s=time.time() - t0), v
 
-            plot_training_curve(history, out / "curve.png", title=f"{cfg.name} fold {fold}")
-            eta = (time.time() - t_fold) / (epoch + 1 - start) * (epochs - epoch - 1)
-            print(f"fold {fold} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val mAP {row['val_mAP']:.4f}, mAUC {row['val_mAUC']:.4f}, {row['img_s']:.0f} img/s, {row['time_s']:.0f} s"
-                  f"{f', fold ETA {eta / 60:.1f} min' if eta > 0 else ''}", flush=True)
-        accelerator.wait_for_everyone()
-        if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < epochs:
-            tracking.finish(accelerator)
-            return dict(stopped=True, epoch=epoch + 1, dir=out)
+    history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
+                                        out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold}",
+                                        label=f"fold {fold}", val_ids=df[spec.id_col].iloc[va], names=names,
+                                        stop_after=stop_after)
+    if stopped:
+        tracking.finish(accelerator)
+        return dict(stopped=True, epoch=len(history), dir=out)
     summary = dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
                    epochs=epochs, init=saver.init, fingerprint=fp, skipped=False)
     if main:

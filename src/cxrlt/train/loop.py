@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlt.metrics import mean_ap
-from cxrlt.models.inference import predict_loader, to_model_input
+from cxrlt.models.inference import image_input, predict_loader
 
 
 def set_epoch(epoch: int, *objs) -> None:
@@ -20,9 +20,12 @@ def set_epoch(epoch: int, *objs) -> None:
 
 
 def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, accelerator, tcfg, mean: float, std: float,
-                    batches: int, ema=None, bar=None) -> dict:
+                    batches: int, ema=None, bar=None, to_input=None) -> dict:
     """Forward/backward over `batches` batches with accumulation, clipping, scheduler and EMA updates.
-    Returns train_loss (mean over images, all processes) and img_s."""
+    `to_input(batch, view)` gives the model's arguments (default: uint8 images normalised with
+    mean/std; a second stage passes cached features). Returns train_loss (mean over items, all
+    processes) and img_s (items per second)."""
+    to_input = to_input or image_input(mean, std, tcfg.channels_last)
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     seen = torch.zeros((), device=accelerator.device)
@@ -31,7 +34,7 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
         if step >= batches:
             break
         with accelerator.accumulate(model):
-            logits = model(to_model_input(x, mean, std, tcfg.channels_last))
+            logits = model(*to_input(x))
             loss = criterion(logits.float(), target)
             accelerator.backward(loss)
             if accelerator.sync_gradients and tcfg.grad_clip:
@@ -41,8 +44,8 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
             optimizer.zero_grad(set_to_none=True)
         if ema is not None and accelerator.sync_gradients:
             ema.update(net)
-        loss_sum += loss.detach() * len(x)
-        seen += len(x)
+        loss_sum += loss.detach() * len(target)
+        seen += len(target)
         if bar is not None:  # postfix first: a plain progress line printed by update() shows this loss
             if step % int(tcfg.log_every) == 0:  # the only host sync in the loop, every log_every steps
                 bar.set_postfix(loss=f"{(loss_sum / seen).item():.4f}")
@@ -51,10 +54,10 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
     return dict(train_loss=(accelerator.reduce(loss_sum, "sum") / total).item(), img_s=total.item() / (time.time() - t0))
 
 
-def validate(net, loader, accelerator, mean: float, std: float, channels_last: bool, names) -> dict:
-    """Every held-out image once: val_loss is plain unweighted BCE (comparable across recipes and
+def validate(net, loader, accelerator, mean: float, std: float, channels_last: bool, names, to_input=None) -> dict:
+    """Every held-out item once: val_loss is plain unweighted BCE (comparable across recipes and
     epochs, whatever the training loss), mAP and mAUC; probabilities and dataset indices returned."""
-    logits, labels, idx, _ = predict_loader(net, loader, accelerator, mean, std, channels_last)
+    logits, labels, idx, _ = predict_loader(net, loader, accelerator, mean, std, channels_last, to_input=to_input)
     val_loss = F.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
     probs = torch.sigmoid(logits).numpy()
     m = mean_ap(labels.numpy(), probs, names)

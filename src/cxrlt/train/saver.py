@@ -13,8 +13,12 @@ from cxrlt.models.checkpoint import load, rng_state, save, set_rng_state
 
 class CheckpointSaver:
     def __init__(self, last: Path, best: Path, fingerprint: dict, net, ema, optimizer, scheduler, scaler,
-                 mean: float, std: float, config: dict):
+                 mean: float, std: float, config: dict, arch: dict | None = None, best_state=None):
+        """arch: the model description best.pt carries (models.checkpoint.load_model); best_state: a
+        function giving the whole model's state for best.pt when `net` is only its trained part
+        (a second stage's classifier or fusion over a frozen backbone)."""
         self.last, self.best = Path(last), Path(best)
+        self.arch, self.best_state = arch, best_state
         self.fingerprint, self.mean, self.std, self.config = fingerprint, mean, std, config
         # stateful parts: name -> object with state_dict()/load_state_dict() (None: not used in this run)
         self.parts = dict(model=net, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
@@ -42,6 +46,7 @@ class CheckpointSaver:
 
     def save_best(self, epoch: int, metrics: dict) -> None:
         """The weights that are validated (EMA when on), self-described for prediction."""
-        save(dict(model=self.eval_net.state_dict(), weights="ema" if self.parts["ema"] is not None else "raw",
+        state = self.best_state() if self.best_state is not None else self.eval_net.state_dict()
+        save(dict(model=state, weights="ema" if self.parts["ema"] is not None else "raw", arch=self.arch,
                   epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, init=self.init, mean=self.mean,
                   std=self.std), self.best)

@@ -1,0 +1,431 @@
+"""Stage 03 for a second-stage recipe (`stage2.from: <first-stage experiment>`): for each fold k,
+a model on top of the first stage's frozen fold-k backbone, trained on that fold's training part
+only, so its out-of-fold predictions stay honest (the held-out fold touched neither stage).
+
+- `crt`, classifier re-training (Kang et al., ICLR 2020, "Decoupling Representation and Classifier
+  for Long-Tailed Recognition"): the classifier is re-initialised and trained alone on the cached
+  pooled features with class-aware sampling (`stage2.sampler`); best.pt is the first-stage model
+  with the new classifier.
+- `tau_norm` (same paper): no training; each class's classifier weights scaled by 1 / |w_c|^tau,
+  tau picked from `stage2.tau_grid` by macro-F1 at 0.5 on the fold's training part. A per-class
+  positive scale leaves each class's ranking, hence its AP, unchanged: in multi-label (sigmoid)
+  problems tau-norm moves decisions at a fixed threshold, not per-fold mAP.
+- `fusion` (CheXFusion, models.fusion): a transformer over the cached token grids of a study's views.
+
+Outputs are a first stage's (fold<k>/best.pt, last.pt, log.csv, val_predictions.csv, curve.png,
+done.json), so stage 04, blends, thresholds and submissions treat the recipe as any experiment;
+best.pt holds the whole model (backbone included) and rebuilds from the file alone.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlt.config import Config, save_resolved
+from cxrlt.data.loader import CxrDataset, make_loader
+from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.splits import current_assignment, training_data
+from cxrlt.data.studies import pick_views, study_groups, study_labels, view_kinds, view_vocabulary
+from cxrlt.errors import CxrltError
+from cxrlt.experiment import (
+    best_checkpoint,
+    check_fingerprint,
+    done_marker,
+    experiment_dir,
+    fingerprint,
+    fold_dir,
+    last_checkpoint,
+)
+from cxrlt.fileio import display_path, project_path, remove_stale_tmp, save_figure, stamps, to_json, write_csv, write_text
+from cxrlt.locks import exclusive
+from cxrlt.losses import build_loss
+from cxrlt.metrics import mean_ap
+from cxrlt.models.checkpoint import load, load_model, save
+from cxrlt.models.factory import arch_record, create_model
+from cxrlt.models.fusion import StudyFusion, StudyFusionNet, backbone_tokens, grid_tokens, pooled_features
+from cxrlt.models.inference import predict_loader
+from cxrlt.progress import progress_bar
+from cxrlt.runtime import is_main_process, make_accelerator
+from cxrlt.train import tracking
+from cxrlt.train.epochs import run_epochs
+from cxrlt.train.features import FeatureStore, cache_key
+from cxrlt.train.fold import OUTPUTS, cosine_with_warmup
+from cxrlt.train.loop import set_epoch, train_one_epoch
+
+METHODS = ("crt", "tau_norm", "fusion")
+
+
+def is_second_stage(cfg) -> bool:
+    return bool((cfg.get("stage2") or {}).get("from"))
+
+
+def first_stage_dir(cfg) -> Path:
+    """experiments/<stage2.from>, or the folder it names when it is a path."""
+    src = str(cfg.stage2["from"])
+    return project_path(src) if "/" in src else project_path("experiments") / src
+
+
+def _first_stage_hint(cfg, fold: int) -> str:
+    recipe = project_path("experiments") / f"{cfg.stage2['from']}.yaml"
+    if recipe.is_file():
+        return f"train it first: src/03_train.py --config {display_path(recipe)} --fold {fold}"
+    return "train it first"
+
+
+def first_stage_checkpoint(cfg, fold: int, spec, folds_hash: str) -> tuple[Path, dict]:
+    """The first stage's finished fold-k best.pt, checked against this recipe (same model, data,
+    labels, folds); a one-line error naming what is missing or what differs."""
+    base = first_stage_dir(cfg)
+    done, best = base / f"fold{fold}" / "done.json", base / f"fold{fold}" / "best.pt"
+    if not done.is_file() or not best.is_file():
+        raise CxrltError(f"stage2.from '{cfg.stage2['from']}': fold {fold} is not finished (no {display_path(done)}); "
+                         + _first_stage_hint(cfg, fold))
+    ck = load(best)
+    first = {k: v for k, v in fingerprint(cfg, spec, folds_hash).items() if k != "stage2"}
+    check_fingerprint(ck.get("fingerprint", {}), first, best,
+                      f"a second stage must share its first stage's model, data and folds: start this recipe with "
+                      f"`base: {cfg.stage2['from']}.yaml`")
+    return best, ck
+
+
+def backbone_model(ck: dict, cfg, names) -> tuple[torch.nn.Module, dict]:
+    """The first stage's model and its arch record (rebuilt from the recipe for checkpoints written
+    before checkpoints described their model)."""
+    if ck.get("arch"):
+        return load_model(ck)
+    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
+    net.load_state_dict(ck["model"])
+    return net.eval(), arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, ck["mean"], ck["std"])
+
+
+class FeatureExtractor(torch.nn.Module):
+    """A frozen model's features as one flat vector per image: pooled (what the classifier reads)
+    or its feature map pooled to grid x grid tokens."""
+
+    def __init__(self, net, grid: int | None):
+        super().__init__()
+        self.net, self.grid = net, grid
+
+    def forward(self, x):
+        if self.grid is None:
+            return pooled_features(self.net, x)
+        return grid_tokens(backbone_tokens(self.net, x), self.grid).flatten(1)
+
+
+def cached_features(cfg, fold: int, net, ck_path: Path, ck: dict, ids, files, accelerator, progress: bool) -> dict:
+    """{view: (n, dim) memory map} of every training image under fold `fold`'s backbone (train.features)."""
+    s2 = cfg.stage2
+    grid = int(s2.grid) if s2.method == "fusion" else None
+    views = ["none", "hflip"] if float(cfg.augment.hflip) > 0 else ["none"]
+    kind = "pooled" if grid is None else f"grid{grid}"
+    store = FeatureStore(first_stage_dir(cfg) / "features" / f"fold{fold}" / kind,
+                         cache_key(ck_path, ids, views, str(s2.cache_dtype), kind))
+    if store.complete():
+        return store.arrays()
+    extractor = FeatureExtractor(net.to(accelerator.device).eval(), grid)
+    bs, workers = int(s2.batch_features), int(s2.workers)
+
+    def compute(lo: int, hi: int) -> dict:
+        loader = accelerator.prepare(make_loader(CxrDataset(files[lo:hi]), bs, workers, False))
+        feats, _, _, extra = predict_loader(extractor, loader, accelerator, ck["mean"], ck["std"], False,
+                                            views=views[1:])
+        return {"none": feats.numpy(), **{v: t.numpy() for v, t in (extra or {}).items()}}
+
+    bar = progress_bar(len(ids), f"fold {fold} features ({kind})", "img", progress and accelerator.is_main_process)
+    arrays = store.fill(compute, chunk=bs * 16, bar=bar)
+    bar.close()
+    return arrays
+
+
+class FeatureRows(Dataset):
+    """Cached features of some training rows (crt): item i = (feature vector, labels, i); the
+    hflip view's features with probability `hflip`, drawn per (seed, epoch, item): exact resume."""
+
+    def __init__(self, arrays: dict, rows, y, hflip: float = 0.0, seed: int = 0):
+        self.arrays, self.rows, self.labels = arrays, np.asarray(rows), np.asarray(y, np.float32)
+        self.hflip, self.seed, self.epoch = float(hflip) if "hflip" in arrays else 0.0, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _view(self, i: int) -> str:
+        if not self.hflip:
+            return "none"
+        return "hflip" if np.random.default_rng((self.seed, self.epoch, i)).random() < self.hflip else "none"
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.arrays[self._view(i)][self.rows[i]], np.float32))
+        return x, torch.from_numpy(self.labels[i]), i
+
+
+class StudyFeatures(FeatureRows):
+    """Cached token grids of whole studies (fusion): item i = ((tokens (V, T, D), view kinds (V,),
+    present (V,)), study labels, i); in training a random subset of a study's views when it has more
+    than max_views, and the hflip view of all its images with probability `hflip`."""
+
+    def __init__(self, arrays: dict, groups, kinds, y, max_views: int, tokens: int, train: bool,
+                 hflip: float = 0.0, seed: int = 0):
+        super().__init__(arrays, np.arange(len(groups)), y, hflip if train else 0.0, seed)
+        self.groups, self.kinds, self.max_views, self.t, self.train = groups, kinds, int(max_views), int(tokens), train
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng((self.seed, self.epoch, i, 1)) if self.train else None
+        rows = pick_views(self.groups[i], self.max_views, rng)
+        src = self.arrays[self._view(i)]
+        x = np.zeros((self.max_views, self.t, src.shape[1] // self.t), np.float32)
+        kinds, present = np.zeros(self.max_views, np.int64), np.zeros(self.max_views, bool)
+        for j, r in enumerate(rows):
+            x[j], kinds[j], present[j] = np.asarray(src[r], np.float32).reshape(self.t, -1), self.kinds[r], True
+        return (torch.from_numpy(x), torch.from_numpy(kinds), torch.from_numpy(present)), torch.from_numpy(self.labels[i]), i
+
+
+def _features_in(x, view="none"):
+    return (x.float(),)
+
+
+def _studies_in(x, view="none"):
+    return x[0].float(), x[1], x[2]
+
+
+def train_second_stage(cfg: Config, fold: int, force: bool = False, progress: bool = True,
+                       stop_after: int | None = None) -> dict:
+    """Train (or resume, or skip) fold `fold` of a second-stage recipe under the fold's lock."""
+    with exclusive(fold_dir(cfg, fold) / ".lock", f"fold {fold} of experiment '{cfg.name}'", enabled=is_main_process()):
+        if is_main_process():
+            remove_stale_tmp(fold_dir(cfg, fold))
+        return _train(cfg, fold, force, progress, stop_after)
+
+
+def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int | None) -> dict:
+    from accelerate.utils import set_seed
+
+    s2, k = cfg.stage2, int(cfg.folds.k)
+    if s2.method not in METHODS:
+        raise CxrltError(f"stage2.method must be one of {', '.join(METHODS)}, not '{s2.method}'")
+    if not 0 <= fold < k:
+        raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
+    t_start = time.time()
+    out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
+    spec = resolve_dataset(cfg.data)
+    folds_hash = current_assignment(cfg, spec)
+    ck_path, ck = first_stage_checkpoint(cfg, fold, spec, folds_hash)   # before any image is touched
+    spec, df, files, y, fold_of = training_data(cfg)
+    names = list(spec.labels)
+    fp, backbone_stamp = fingerprint(cfg, spec, folds_hash), stamps({"b": ck_path})["b"]
+    if done_file.is_file() and not force:
+        done = json.loads(done_file.read_text())
+        check_fingerprint(done.get("fingerprint", {}), fp, done_file, "use --force to retrain the fold")
+        if done.get("backbone") != backbone_stamp:
+            raise CxrltError(f"{display_path(done_file)}: fold {fold} of '{s2['from']}' changed since this second stage "
+                             f"was trained on it; retrain it with --force")
+        return dict(done, skipped=True, dir=out)
+    accelerator = make_accelerator(cfg.train, "train.precision", 1, tracking.log_with(cfg, fold), out)
+    main = accelerator.is_main_process
+    if force and main:
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / tracking.TB_FOLDER, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    tr, va = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    base_seed = int(cfg.seed) + 1000 * fold
+    set_seed(base_seed)
+    net, arch = backbone_model(ck, cfg, names)
+    if s2.method in ("crt", "tau_norm") and not isinstance(_classifier(net), torch.nn.Linear):
+        raise CxrltError(f"stage2.method={s2.method} re-trains or re-scales a linear classifier; the first stage "
+                         f"'{s2['from']}' has model.head={arch['model'].get('head', 'linear')}")
+    t0 = time.time()
+    feats = cached_features(cfg, fold, net, ck_path, ck, df[spec.id_col].tolist(), files, accelerator, progress)
+    seconds = dict(features=round(time.time() - t0, 1))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, experiment_dir(cfg) / "config.yaml")
+    common = dict(cfg=cfg, fold=fold, out=out, names=names, df=df, spec=spec, y=y, fold_of=fold_of, tr=tr, va=va, feats=feats, net=net,
+                  arch=arch, ck=ck, fp=fp, accelerator=accelerator, progress=progress, base_seed=base_seed)
+    if s2.method == "tau_norm":
+        summary = _tau_norm(**common)
+    else:
+        summary = _train_head(**common, stop_after=stop_after)
+        if summary.get("stopped"):
+            return summary
+    seconds.update(train=round(time.time() - t0 - seconds["features"], 1), total=round(time.time() - t_start, 1))
+    summary.update(fingerprint=fp, backbone=backbone_stamp, method=s2.method, stage1=str(s2["from"]), seconds=seconds,
+                   skipped=False)
+    if main:
+        write_text(done_file, to_json(summary))
+        print(f"fold {fold}: {s2.method} over '{s2['from']}' done, val mAP {summary['best_mAP']:.4f} "
+              f"(features {seconds['features']:.0f} s, training {seconds['train']:.0f} s)")
+    accelerator.wait_for_everyone()
+    return dict(summary, dir=out)
+
+
+def _classifier(net):
+    return net.get_classifier() if hasattr(net, "get_classifier") else None
+
+
+def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None) -> dict:
+    """Validation figures of item logits; `expand` maps image rows to their study's item (fusion:
+    the sigmoid is taken per study, so a study's images get bit-identical probabilities)."""
+    probs = torch.sigmoid(logits).numpy()
+    if expand is not None:
+        logits, probs = logits[expand], probs[expand]
+    m = mean_ap(y, probs, names)
+    loss = F.binary_cross_entropy_with_logits(logits.double(), torch.as_tensor(y, dtype=torch.float64)).item()
+    return dict(val_loss=loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, idx=np.arange(len(y)))
+
+
+def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed,
+                stop_after):
+    """crt / fusion: epochs of a head over cached features, validated on the held-out fold."""
+    from cxrlt.train.saver import CheckpointSaver
+
+    from accelerate.utils import set_seed
+
+    s2, main = cfg.stage2, accelerator.is_main_process
+    hflip = float(cfg.augment.hflip)
+    set_seed(base_seed)   # the head's initial weights do not depend on whether the features were cached
+    if s2.method == "crt":
+        module = _classifier(net)
+        module.reset_parameters()
+        full, arch2, to_input = net, arch, _features_in
+        train_ds = FeatureRows(feats, tr, y[tr], hflip, base_seed)
+        val_ds, val_rows, expand = FeatureRows(feats, va, y[va]), va, None
+        counts, n_items = y[tr].sum(0), len(tr)
+        sampler = s2.sampler
+    else:
+        groups = study_groups(df, spec)
+        if any(fold_of[g].min() != fold_of[g].max() for g in groups):
+            raise CxrltError("a study has images in two folds (folds must group patients): remake the folds")
+        g_fold = np.array([fold_of[g[0]] for g in groups])
+        vocab = view_vocabulary(df[spec.view_col]) if spec.view_col and spec.view_col in df.columns else []
+        kinds = view_kinds(df[spec.view_col], vocab) if vocab else np.zeros(len(df), np.int64)
+        grid, t = int(s2.grid), int(s2.grid) ** 2
+        dim = feats["none"].shape[1] // t
+        ys = study_labels(y, groups)
+        tr_s, va_s = np.flatnonzero(g_fold != fold), np.flatnonzero(g_fold == fold)
+        module = StudyFusion(dim, len(names), grid, len(vocab) + 1, int(s2.dim), int(s2.layers), int(s2.heads))
+        full = StudyFusionNet(net, module, grid)
+        arch2 = dict(kind="study_fusion", backbone=arch, labels=names, num_classes=len(names),
+                     image_size=arch["image_size"], resize=arch["resize"], mean=arch["mean"], std=arch["std"],
+                     fusion=dict(in_dim=dim, grid=grid, dim=int(s2.dim), layers=int(s2.layers), heads=int(s2.heads)),
+                     view_kinds=vocab, max_views=int(s2.max_views))
+        to_input = _studies_in
+        train_ds = StudyFeatures(feats, [groups[i] for i in tr_s], kinds, ys[tr_s], s2.max_views, t, True, hflip, base_seed)
+        val_ds = StudyFeatures(feats, [groups[i] for i in va_s], kinds, ys[va_s], s2.max_views, t, False)
+        val_rows = np.concatenate([groups[i] for i in va_s])
+        expand = np.repeat(np.arange(len(va_s)), [len(groups[i]) for i in va_s])
+        counts, n_items, sampler = ys[tr_s].sum(0), len(tr_s), "random"
+    epochs, bs = int(s2.epochs), int(s2.batch_size)
+    lcfg = Config(channels_last=False, grad_clip=float(cfg.train.grad_clip), log_every=int(cfg.train.log_every),
+                  sampler=sampler, class_aware_t=cfg.train.class_aware_t, class_aware_cap=cfg.train.class_aware_cap)
+    train_loader = accelerator.prepare(make_loader(train_ds, bs, 0, True, lcfg))
+    val_loader = accelerator.prepare(DataLoader(val_ds, batch_size=max(bs, 256), shuffle=False))
+    if len(train_loader) == 0:
+        raise CxrltError(f"fold {fold}: {n_items} training items make no full batch of stage2.batch_size={bs}")
+    batches = len(train_loader)
+    module = module.to(accelerator.device)
+    full.to(accelerator.device)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=float(s2.lr), weight_decay=float(s2.weight_decay))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
+        epochs * batches * accelerator.num_processes, 0, float(cfg.train.min_lr_ratio)))
+    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    criterion = build_loss(cfg.loss, counts, n_items, epochs).to(accelerator.device)
+    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, module, None, optimizer,
+                            scheduler, accelerator.scaler, ck["mean"], ck["std"], cfg.to_dict(), arch=arch2,
+                            best_state=lambda: full.state_dict())
+    saver.init = f"{ck.get('init', 'unknown')} + {s2.method}"
+    start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
+    if main and start:
+        print(f"fold {fold}: resuming {s2.method} after epoch {start} of {epochs} from {display_path(saver.last)}")
+    tracking.start(accelerator, cfg, start)
+    y_val = y[val_rows]
+
+    def run_epoch(epoch: int):
+        t0 = time.time()
+        set_seed(base_seed + epoch)
+        set_epoch(epoch, train_ds, train_loader, criterion, module)
+        bar = progress_bar(batches, f"fold {fold} {s2.method} epoch {epoch + 1}/{epochs}", "batch",
+                           progress and main, leave=False)
+        st = train_one_epoch(model, module, train_loader, criterion, optimizer, scheduler, accelerator, lcfg, 0.0, 1.0,
+                             batches, None, bar, to_input)
+        bar.close()
+        logits, _, idx, _ = predict_loader(model, val_loader, accelerator, 0.0, 1.0, False, to_input=to_input)
+        logits = logits[np.argsort(idx.numpy())]
+        v = _val_figures(logits, y_val, names, expand)
+        return dict(epoch=epoch + 1, train_loss=st["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
+                    val_mAUC=v["val_mAUC"], lr=scheduler.get_last_lr()[0], img_s=st["img_s"], time_s=time.time() - t0), v
+
+    history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
+                                        out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold} ({s2.method})",
+                                        label=f"fold {fold} {s2.method}", val_ids=df[spec.id_col].iloc[val_rows],
+                                        names=names, stop_after=stop_after)
+    tracking.finish(accelerator)
+    if stopped:
+        return dict(stopped=True, epoch=len(history), dir=out)
+    return dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
+                epochs=epochs, init=saver.init)
+
+
+def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed):
+    """Scale the classifier's class weights by 1 / |w_c|^tau for each tau of stage2.tau_grid; keep the
+    tau with the best macro-F1 at 0.5 on the fold's training part (the held-out fold is only reported)."""
+    from sklearn.metrics import f1_score
+
+    clf = _classifier(net)
+    w, b = clf.weight.detach().double().clone(), clf.bias.detach().double() if clf.bias is not None else 0.0
+    norms = w.norm(dim=1, keepdim=True)
+    f_tr, f_va = (torch.from_numpy(np.asarray(feats["none"][r], np.float64)) for r in (tr, va))
+    rows = []
+    for tau in [float(t) for t in cfg.stage2.tau_grid]:
+        wt = w / norms ** tau
+        lt, lv = f_tr @ wt.T + b, f_va @ wt.T + b
+        v = _val_figures(lv.float(), y[va], names)
+        rows.append(dict(tau=tau, train_macro_f1=f1_score(y[tr], (lt > 0).numpy(), average="macro", zero_division=0),
+                         val_macro_f1=f1_score(y[va], (lv > 0).numpy(), average="macro", zero_division=0),
+                         val_mAP=v["val_mAP"], val_mAUC=v["val_mAUC"], val_loss=v["val_loss"], _v=v))
+    pick = max(range(len(rows)), key=lambda i: (rows[i]["train_macro_f1"], -rows[i]["tau"]))
+    tau, v = rows[pick]["tau"], rows[pick]["_v"]
+    with torch.no_grad():
+        clf.weight.copy_((w / norms ** tau).to(clf.weight.dtype))
+    log = pd.DataFrame([{k: val for k, val in r.items() if k != "_v"} for r in rows])
+    if accelerator.is_main_process:
+        save(dict(model=net.state_dict(), weights="tau_norm", arch=arch, epoch=0, fingerprint=fp, mean=ck["mean"],
+                  std=ck["std"], init=f"{ck.get('init', 'unknown')} + tau_norm", metrics=log.iloc[pick].to_dict()),
+             best_checkpoint(cfg, fold))
+        preds = pd.DataFrame(v["probs"], columns=names)
+        preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va])
+        write_csv(out / "val_predictions.csv", preds)
+        write_csv(out / "log.csv", log)
+        _plot_tau(log, tau, out / "curve.png", f"{cfg.name} fold {fold} (tau-norm)")
+        print(f"fold {fold}: tau-norm picks tau={tau:g} (training-part macro-F1 {rows[pick]['train_macro_f1']:.4f}); "
+              f"val mAP {v['val_mAP']:.4f}")
+    return dict(fold=fold, best_mAP=v["val_mAP"], best_epoch=1, epochs=0, tau=tau,
+                init=f"{ck.get('init', 'unknown')} + tau_norm")
+
+
+def _plot_tau(log: pd.DataFrame, tau: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for col in ("train_macro_f1", "val_macro_f1", "val_mAP"):
+        ax.plot(log["tau"], log[col], marker="o", label=col)
+    ax.axvline(tau, color="grey", ls="--", label=f"picked tau={tau:g}")
+    ax.set_xlabel("tau")
+    ax.set_title(title)
+    ax.legend()
+    save_figure(path, fig)
+    plt.close(fig)
+
