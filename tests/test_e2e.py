@@ -62,3 +62,15 @@ def test_run_all_on_a_tiny_demo(tmp_path):
     assert (exp / "compare_lt_tiny" / "mAP_by_group.png").is_file() and "tiny_ldam_drw" in r3.stdout
     log = pd.read_csv(exp / "tiny_ldam_drw" / "fold0" / "log.csv")
     assert log.loss_weighted.tolist() == [False, True]                # DRW switched on at epoch 1
+    # second stages chained after their first stage (already trained: skipped), then their table
+    r4 = subprocess.run(["bash", "run_all.sh", "--compare", "demo,demo_crt,demo_fusion", *TINY, "stage2.epochs=2",
+                         "stage2.grid=1", "stage2.workers=0"], cwd=proj, capture_output=True, text=True, env=env,
+                        timeout=900)
+    assert r4.returncode == 0, r4.stdout[-3000:] + r4.stderr[-3000:]
+    assert "fold 0: crt over 'demo' done" in r4.stdout and "fold 2: fusion over 'demo' done" in r4.stdout
+    table = pd.read_csv(exp / "compare_demo-demo_crt-demo_fusion" / "table.csv")
+    for name in ("demo_crt", "demo_fusion"):
+        oof = pd.read_csv(exp / name / "oof.csv")
+        assert len(oof) == 300 and oof.dicom_id.is_unique
+        assert (exp / "demo" / "features" / "fold0").is_dir()
+    assert table.recipe.tolist() == ["demo", "demo_crt", "demo_fusion"] and table.mAP.notna().all()

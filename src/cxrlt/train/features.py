@@ -64,13 +64,20 @@ class FeatureStore:
             return 0
         return int(p["rows"])
 
-    def fill(self, compute, chunk: int, bar=None) -> dict:
+    def fill(self, compute, chunk: int, bar=None, writer: bool = True) -> dict | None:
         """compute(lo, hi) -> {view: array (hi - lo, dim)}; fills rows [0, n) chunk by chunk (resuming
-        after the last chunk recorded) and returns {view: read-only memory map (n, dim)}."""
+        after the last chunk recorded) and returns {view: read-only memory map (n, dim)}. Several
+        processes (a launched job) all call it and compute their shard of each chunk; only the
+        `writer` (the main process) writes, and the others get None: they open the arrays after a
+        barrier."""
         if self.complete():
             return self.arrays()
-        self.folder.mkdir(parents=True, exist_ok=True)
         n, views, start = self.key["n"], self.key["views"], self._rows_done()
+        if not writer:
+            for lo in range(start, n, chunk):
+                compute(lo, min(n, lo + chunk))
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
         if start == 0:
             self.manifest.unlink(missing_ok=True)
         maps = {v: np.load(self.partial(v), mmap_mode="r+") for v in views} if start else None

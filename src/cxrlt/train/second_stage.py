@@ -128,6 +128,7 @@ def cached_features(cfg, fold: int, net, ck_path: Path, ck: dict, ids, files, ac
     kind = "pooled" if grid is None else f"grid{grid}"
     store = FeatureStore(first_stage_dir(cfg) / "features" / f"fold{fold}" / kind,
                          cache_key(ck_path, ids, views, str(s2.cache_dtype), kind))
+    accelerator.wait_for_everyone()    # every process reads the same resume point before any write
     if store.complete():
         return store.arrays()
     extractor = FeatureExtractor(net.to(accelerator.device).eval(), grid)
@@ -140,9 +141,10 @@ def cached_features(cfg, fold: int, net, ck_path: Path, ck: dict, ids, files, ac
         return {"none": feats.numpy(), **{v: t.numpy() for v, t in (extra or {}).items()}}
 
     bar = progress_bar(len(ids), f"fold {fold} features ({kind})", "img", progress and accelerator.is_main_process)
-    arrays = store.fill(compute, chunk=bs * 16, bar=bar)
+    store.fill(compute, chunk=bs * 16, bar=bar, writer=accelerator.is_main_process)
     bar.close()
-    return arrays
+    accelerator.wait_for_everyone()
+    return store.arrays()
 
 
 class FeatureRows(Dataset):
