@@ -25,8 +25,9 @@ FORMATS = {"png": ".png", "jpg": ".jpg"}
 MAX_PIXELS = 200_000_000  # default cache.max_image_pixels: a 14000 x 14000 film
 
 
-def decode_gray(path: str | os.PathLike, size_hint: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read JPEG/PNG (modes L, RGB, RGBA, P, LA, 1, I;16, I, F) as a 2-D uint8 array.
+def decode_gray(path, size_hint: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read JPEG/PNG (modes L, RGB, RGBA, P, LA, 1, I;16, I, F) or DICOM as a 2-D uint8 array;
+    `path` is a file path or a binary file object (the web page decodes uploads in memory).
 
     size_hint lets JPEG decode at a reduced DCT scale that is still >= size_hint on both sides,
     which is several times faster for 3000 px films cached at 768. A film of more than max_pixels
@@ -34,6 +35,8 @@ def decode_gray(path: str | os.PathLike, size_hint: int | None = None, max_pixel
     High-bit-depth films are min-max scaled to 0-255 a block of rows at a time, so a 12000 x 12000
     16-bit PNG costs its own 288 MB plus the 144 MB result, not gigabytes of float64.
     """
+    if is_dicom(path):
+        return decode_dicom(path, max_pixels)
     Image.MAX_IMAGE_PIXELS = max(int(max_pixels), Image.MAX_IMAGE_PIXELS or 0)  # PIL's own guard: 2x this
     with Image.open(path) as im:
         if im.width * im.height > max_pixels:
@@ -53,6 +56,53 @@ def decode_gray(path: str | os.PathLike, size_hint: int | None = None, max_pixel
         if mode != "L":
             im = im.convert("L")
         return np.array(im, dtype=np.uint8)
+
+
+def is_dicom(src) -> bool:
+    """A DICOM Part 10 file ('DICM' at byte 128), or a path ending in .dcm."""
+    if isinstance(src, (str, os.PathLike)):
+        if str(src).lower().endswith(".dcm"):
+            return True
+        with open(src, "rb") as f:
+            head = f.read(132)
+    else:
+        pos = src.tell()
+        head = src.read(132)
+        src.seek(pos)
+    return head[128:132] == b"DICM"
+
+
+def decode_dicom(src, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A DICOM film as 2-D uint8: the first frame, min-max scaled, MONOCHROME1 inverted (white = air
+    there) so every film reads like the JPEG/PNG ones. A file without pixel data, too many pixels or
+    a compressed transfer syntax that pydicom cannot decode here is a ValueError saying which."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(src)
+    except Exception as e:
+        raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {str(e)[:120]})") from None
+    if "PixelData" not in ds:
+        raise ValueError("DICOM file without pixel data")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if rows * cols > max_pixels:
+        raise ValueError(f"{cols}x{rows} is {rows * cols / 1e6:.0f} MP, over cache.max_image_pixels={int(max_pixels)}")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise ValueError(f"DICOM transfer syntax '{name}' cannot be decoded here ({type(e).__name__}); "
+                         f"install pylibjpeg / python-gdcm, or convert the film to PNG") from None
+    if int(ds.get("SamplesPerPixel", 1)) > 1:          # colour: (frames,) rows, cols, 3
+        arr = arr[0] if arr.ndim == 4 else arr
+        arr = arr.astype(np.float32).mean(-1)
+    elif arr.ndim == 3:                                 # multi-frame: the first frame
+        arr = arr[0]
+    out = _scale_to_uint8(arr)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 255 - out
+    return out
 
 
 def _orientation(im) -> int | None:

@@ -42,6 +42,8 @@ def main(argv=None) -> None:
     if log.is_file():
         last = pd.read_csv(log).iloc[-1]
         print(f"{'submission':>24s}: {display_path(project_path('submissions') / last.file)} (sha256 {last.sha256[:12]}...)")
+    print(f"{'try it':>24s}: python src/serve.py --experiment {display_path(exp / a.final)}   "
+          f"(web page on http://127.0.0.1:7860/, JSON API POST /api/predict)")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json
 from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.models.checkpoint import load, load_model
-from cxrlt.models.factory import create_model
 from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input
 from cxrlt.runtime import is_main_process, make_accelerator
 
@@ -148,7 +147,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     for k, path in progress_bar(len(ckpts), "folds", "fold", progress and accelerator.is_main_process,
                                 iterable=ckpts.items()):
         ck = loaded[k]
-        net, arch = _fold_model(ck, cfg, names)
+        net, arch = load_model(ck)
         net = net.to(accelerator.device)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -218,16 +217,6 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     result["outputs"] = stamps({p.name: p for p in [*written.values(), out / "per_class_ap.png", out / "pr_rarest.png"]})
     write_text(metrics_file, to_json(result, indent=1))
     return dict(result, skipped=False, dir=out, written=written)
-
-
-def _fold_model(ck: dict, cfg, names):
-    """A fold's model from its checkpoint alone (its arch record); checkpoints written before
-    checkpoints described their model are rebuilt from the recipe."""
-    if ck.get("arch"):
-        return load_model(ck)
-    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
-    net.load_state_dict(ck["model"])
-    return net.eval(), {"kind": "image"}
 
 
 def _logits(net, arch, spec, df, files, accelerator, ck, views, cfg) -> dict:

@@ -44,7 +44,7 @@ def load_model(source, strict: bool = True) -> tuple[torch.nn.Module, dict]:
     do not fit it is a one-line error naming the file."""
     ck = load(source) if isinstance(source, (str, Path)) else source
     where = display_path(source) if isinstance(source, (str, Path)) else "checkpoint"
-    arch = ck.get("arch")
+    arch = ck.get("arch") or _arch_from_fingerprint(ck)
     if not arch:
         raise CxrltError(f"{where}: records no model description (written by an older version); retrain it")
     net = build_model(arch)
@@ -53,6 +53,19 @@ def load_model(source, strict: bool = True) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as e:
         raise CxrltError(f"{where}: weights do not fit the model it describes ({str(e).splitlines()[0][:200]})") from None
     return net.eval(), arch
+
+
+def _arch_from_fingerprint(ck: dict) -> dict | None:
+    """The arch record of a first-stage checkpoint written before checkpoints carried one: its
+    fingerprint names the model, channels, labels and input size (dropout does not matter at eval;
+    heads did not exist yet)."""
+    fp = ck.get("fingerprint") or {}
+    if not fp.get("model") or "labels" not in fp or "mean" not in ck:
+        return None
+    return dict(kind="image", model=dict(name=fp["model"], in_chans=fp.get("in_chans", 1), drop_rate=0.0,
+                                         drop_path_rate=0.0, head=fp.get("head", "linear")),
+                labels=list(fp["labels"]), num_classes=len(fp["labels"]), image_size=fp.get("image_size"),
+                resize=fp.get("resize", "stretch"), mean=float(ck["mean"]), std=float(ck["std"]))
 
 
 def rng_state() -> dict:

@@ -98,10 +98,19 @@ class StudyFusionNet(nn.Module):
         self.backbone.eval()    # frozen: its dropout / batch-norm statistics stay as trained
         return self
 
-    def forward(self, images: torch.Tensor, kinds: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        b, v = images.shape[:2]
-        keep = present.flatten()
-        tok = grid_tokens(backbone_tokens(self.backbone, images.flatten(0, 1)[keep]), self.grid)
+    def forward_features(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature maps of the present images only, (n_present, ...)."""
+        return self.backbone.forward_features(images.flatten(0, 1)[present.flatten()])
+
+    def forward_head(self, feats: torch.Tensor, kinds: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        b, v = present.shape
+        net = self.backbone
+        tokens = net.tokens(feats) if hasattr(net, "tokens") else to_tokens(
+            feats, getattr(net, "output_fmt", "NCHW"), getattr(net, "num_prefix_tokens", 0))
+        tok = grid_tokens(tokens, self.grid)
         full = tok.new_zeros(b * v, *tok.shape[1:])
-        full[keep] = tok
+        full[present.flatten()] = tok
         return self.fusion(full.view(b, v, *tok.shape[1:]), kinds, present)
+
+    def forward(self, images: torch.Tensor, kinds: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images, present), kinds, present)

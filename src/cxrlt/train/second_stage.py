@@ -49,7 +49,6 @@ from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.metrics import mean_ap
 from cxrlt.models.checkpoint import load, load_model, save
-from cxrlt.models.factory import arch_record, create_model
 from cxrlt.models.fusion import StudyFusion, StudyFusionNet, backbone_tokens, grid_tokens, pooled_features
 from cxrlt.models.inference import predict_loader
 from cxrlt.progress import progress_bar
@@ -94,16 +93,6 @@ def first_stage_checkpoint(cfg, fold: int, spec, folds_hash: str) -> tuple[Path,
                       f"a second stage must share its first stage's model, data and folds: start this recipe with "
                       f"`base: {cfg.stage2['from']}.yaml`")
     return best, ck
-
-
-def backbone_model(ck: dict, cfg, names) -> tuple[torch.nn.Module, dict]:
-    """The first stage's model and its arch record (rebuilt from the recipe for checkpoints written
-    before checkpoints described their model)."""
-    if ck.get("arch"):
-        return load_model(ck)
-    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)), len(names))
-    net.load_state_dict(ck["model"])
-    return net.eval(), arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, ck["mean"], ck["std"])
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -242,7 +231,7 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
     tr, va = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     base_seed = int(cfg.seed) + 1000 * fold
     set_seed(base_seed)
-    net, arch = backbone_model(ck, cfg, names)
+    net, arch = load_model(ck)
     if s2.method in ("crt", "tau_norm") and not isinstance(_classifier(net), torch.nn.Linear):
         raise CxrltError(f"stage2.method={s2.method} re-trains or re-scales a linear classifier; the first stage "
                          f"'{s2['from']}' has model.head={arch['model'].get('head', 'linear')}")
