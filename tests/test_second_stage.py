@@ -153,11 +153,18 @@ def test_tau_norm_scales_class_weights_and_keeps_each_class_ranking(base, first,
                 abs=1e-6)
 
 
-def test_fusion_study_predictions_from_file_alone_match_training(base, first, tmp_path):
-    out = tmp_path / "fusion"
+@pytest.fixture(scope="module")
+def fusion(base, first, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fusion")
     cfg = s2cfg(base, out, first, "fusion", "stage2.grid=1", "stage2.dim=16", "stage2.heads=4", "stage2.layers=1")
     for k in range(5):
         train_second_stage(cfg, k, progress=False)
+    predict_experiment(cfg, progress=False)
+    return cfg, out
+
+
+def test_fusion_study_predictions_from_file_alone_match_training(fusion):
+    cfg, out = fusion
     spec, df, files, y, fold_of = training_data(cfg)
     val = pd.read_csv(out / "fold0" / "val_predictions.csv", dtype={spec.id_col: str})
     study = df.set_index(spec.id_col).loc[val[spec.id_col], spec.study_col].to_numpy()
@@ -167,6 +174,24 @@ def test_fusion_study_predictions_from_file_alone_match_training(base, first, tm
     assert len(val) == (fold_of == 0).sum()
     net, arch = load_model(out / "fold0" / "best.pt")
     assert arch["kind"] == "study_fusion" and arch["backbone"]["model"]["name"] == "test_resnet"
-    predict_experiment(cfg, progress=False)
     oof = pd.read_csv(out / "oof.csv", dtype={spec.id_col: str}).set_index(spec.id_col)
     assert np.allclose(oof.loc[val[spec.id_col], names].to_numpy(), val[names].to_numpy(), atol=2e-5)
+
+
+def test_fusion_experiment_served_answers_its_study_prediction(fusion):
+    """The web page's predictor reads a study's films together, like stage 04 did."""
+    pytest.importorskip("gradio")
+    from cxrlt.serve.predictor import Predictor
+
+    cfg, out = fusion
+    spec, df, files, y, fold_of = training_data(cfg)
+    multi = df[fold_of == 1].groupby(spec.study_col).filter(lambda g: len(g) > 1)
+    sid = multi[spec.study_col].iloc[0]
+    rows = df[df[spec.study_col] == sid]
+    uploads = [(p, (spec.image_root / p).read_bytes()) for p in rows[spec.path_col]]
+    r = Predictor(out, folds=[1]).predict(uploads, list(rows[spec.view_col]))
+    oof = pd.read_csv(out / "oof.csv", dtype={spec.id_col: str}).set_index(spec.id_col)
+    want = oof.loc[rows[spec.id_col].iloc[0]]
+    assert r["images"] == len(rows) >= 2
+    for f in r["findings"]:
+        assert f["probability"] == pytest.approx(want[f["label"]], abs=1e-5)
