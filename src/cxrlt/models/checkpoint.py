@@ -44,7 +44,7 @@ def load_model(source, strict: bool = True) -> tuple[torch.nn.Module, dict]:
     do not fit it is a one-line error naming the file."""
     ck = load(source) if isinstance(source, (str, Path)) else source
     where = display_path(source) if isinstance(source, (str, Path)) else "checkpoint"
-    arch = ck.get("arch") or _arch_from_fingerprint(ck)
+    arch = arch_of_checkpoint(ck)
     if not arch:
         raise CxrltError(f"{where}: records no model description (written by an older version); retrain it")
     net = build_model(arch)
@@ -55,10 +55,12 @@ def load_model(source, strict: bool = True) -> tuple[torch.nn.Module, dict]:
     return net.eval(), arch
 
 
-def _arch_from_fingerprint(ck: dict) -> dict | None:
-    """The arch record of a first-stage checkpoint written before checkpoints carried one: its
-    fingerprint names the model, channels, labels and input size (dropout does not matter at eval;
-    heads did not exist yet)."""
+def arch_of_checkpoint(ck: dict) -> dict | None:
+    """A checkpoint's arch record; for a first-stage checkpoint written before checkpoints carried
+    one, made from its fingerprint, which names the model, channels, labels and input size (dropout
+    does not matter at eval; heads did not exist yet)."""
+    if ck.get("arch"):
+        return ck["arch"]
     fp = ck.get("fingerprint") or {}
     if not fp.get("model") or "labels" not in fp or "mean" not in ck:
         return None

@@ -34,6 +34,7 @@ from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import arch_record, create_model, input_stats
+from cxrlt.models.transfer import init_from
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
@@ -96,7 +97,15 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     base_seed = int(cfg.seed) + 1000 * fold
     set_seed(base_seed)
 
-    net = create_model(cfg.model, len(names))
+    init = cfg.model.get("init_from")
+    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names))
+    if init and not last_checkpoint(cfg, fold).is_file():   # a resumed fold restores its own weights
+        rep = init_from(net, init, cfg.model, names, int(cfg.cache.size))
+        net.init_source = f"init_from:{rep['source']}"
+        if main:
+            print(f"fold {fold}: initialised from {rep['source']}: {len(rep['carried'])} of {len(names)} classes "
+                  f"carried (" + ", ".join(a if a == b else f"{a} <- {b}" for a, b in rep["carried"]) + ")"
+                  + (f"; fresh: {', '.join(rep['fresh'])}" if rep["fresh"] else ""))
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     mean, std = input_stats(net)

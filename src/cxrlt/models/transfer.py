@@ -1,0 +1,106 @@
+"""Start a run from another trained model (`model.init_from`): the backbone as it is, and the
+classifier rows of the classes both label sets share, matched by name through an alias table;
+every other class keeps its fresh initialisation.
+
+Names match after lower-casing and folding spaces, `_` and `-`, then through ALIASES (pairs that
+name one finding in two releases):
+
+| one release | the other |
+|---|---|
+| No Finding (CXR-LT 2023) | Normal (2024, 2026) |
+| Pneumoperitoneum (MIMIC) | pneumoperitoneo (PadChest) |
+| Calcification of the Aorta (MIMIC) | aortic atheromatosis (PadChest) |
+| Tortuous Aorta (MIMIC) | aortic elongation (PadChest) |
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from cxrlt.errors import CxrltError
+from cxrlt.fileio import display_path, project_path
+
+ALIASES = [("no finding", "normal"), ("pneumoperitoneum", "pneumoperitoneo"),
+           ("calcification of the aorta", "aortic atheromatosis"), ("tortuous aorta", "aortic elongation")]
+_CANON = {b: a for a, b in ALIASES}
+
+
+def label_key(name: str) -> str:
+    k = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+    return _CANON.get(k, k)
+
+
+def match_labels(source: list[str], target: list[str]) -> dict[int, int]:
+    """{target index: source index} of the classes that name the same finding."""
+    src = {label_key(n): i for i, n in enumerate(source)}
+    return {j: src[label_key(n)] for j, n in enumerate(target) if label_key(n) in src}
+
+
+def source_checkpoint(init_from: str) -> Path:
+    """A checkpoint file, or an experiment (name under experiments/ or folder): its full-data fit
+    (`full/best.pt`) when it has one, else fold 0's best.pt."""
+    p = project_path(init_from)
+    cands = [p] if p.suffix in (".pt", ".pth") else []
+    for d in ([p] if p.is_dir() else []) + [project_path("experiments") / init_from]:
+        cands += [d / "full" / "best.pt", d / "fold0" / "best.pt"]
+    for c in cands:
+        if c.is_file():
+            return c
+    raise CxrltError(f"model.init_from '{init_from}': no checkpoint file, and no experiment with full/best.pt or "
+                     f"fold0/best.pt")
+
+
+def head_prefix(net) -> str:
+    """The state-dict prefix of the classifier (timm's) or of the head module (HeadedNet)."""
+    if hasattr(net, "head") and not hasattr(net, "get_classifier"):
+        return "head."
+    clf = net.get_classifier()
+    for name, mod in net.named_modules():
+        if mod is clf:
+            return name + "."
+    raise CxrltError("model.init_from: cannot find the model's classifier")
+
+
+def init_from(net, init: str, mcfg, labels: list[str], image_size: int) -> dict:
+    """Load the backbone of `init`'s checkpoint into `net` and the matching classifier rows; the
+    report says which classes were carried (target <- source) and which start fresh."""
+    from cxrlt.models.checkpoint import arch_of_checkpoint, load
+
+    path = source_checkpoint(init)
+    ck = load(path)
+    arch = arch_of_checkpoint(ck)
+    where = f"model.init_from {display_path(path)}"
+    if not arch or arch.get("kind") != "image":
+        raise CxrltError(f"{where}: not a first-stage image model")
+    m = arch["model"]
+    want = dict(name=mcfg.name, in_chans=int(mcfg.in_chans), head=mcfg.get("head", "linear"), image_size=int(image_size))
+    have = dict(name=m.get("name"), in_chans=int(m.get("in_chans", 1)), head=m.get("head", "linear"),
+                image_size=int(arch.get("image_size") or 0))
+    diff = [f"{k} {have[k]!r} (this run: {want[k]!r})" for k in want if have[k] != want[k]]
+    if diff:
+        raise CxrltError(f"{where}: a different model: {', '.join(diff)}")
+    src_labels = list(arch["labels"])
+    rows = match_labels(src_labels, labels)
+    src, dst = ck["model"], net.state_dict()
+    prefix = head_prefix(net)
+    new = {}
+    for k, t in dst.items():
+        s = src.get(k)
+        per_class = k.startswith(prefix) and t.ndim >= 1 and t.shape[0] == len(labels)
+        if per_class and s is not None and s.shape[0] == len(src_labels) and s.shape[1:] == t.shape[1:]:
+            t = t.clone()
+            for j, i in rows.items():
+                t[j] = s[i]
+            new[k] = t
+        elif s is not None and s.shape == t.shape:
+            new[k] = s
+        else:
+            raise CxrltError(f"{where}: weight {k} {tuple(s.shape) if s is not None else 'missing'} does not fit "
+                             f"{tuple(t.shape)}")
+    with torch.no_grad():
+        net.load_state_dict(new)
+    carried = [(labels[j], src_labels[i]) for j, i in sorted(rows.items())]
+    return dict(source=display_path(path), carried=carried,
+                fresh=[n for j, n in enumerate(labels) if j not in rows], source_init=ck.get("init", "unknown"))
