@@ -5,17 +5,27 @@ accelerate for several GPUs or nodes:
     accelerate launch src/03_train.py --config experiments/effv2s_768.yaml [--fold 0]
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.experiment import FULL
 from cxrlt.fileio import display_path
 from cxrlt.train.fold import train_fold
 from cxrlt.train.second_stage import is_second_stage, train_second_stage
 
 
 def main():
-    args = stage_parser(__doc__, fold=True).parse_args()
+    p = stage_parser(__doc__, fold=True)
+    p.add_argument("--full", action="store_true", help="train only the full-data fit (every training image; "
+                   "epochs: train.full_epochs or the folds' median best epoch)")
+    args = p.parse_args()
     cfg = config_from_args(args)
     folds = [args.fold] if args.fold is not None else (cfg.train.folds or list(range(int(cfg.folds.k))))
+    if args.full:
+        folds = []
     train = train_second_stage if is_second_stage(cfg) else train_fold
     results = [train(cfg, int(f), force=args.force) for f in folds]
+    if (args.full or (cfg.train.full_fit and args.fold is None)) and not is_second_stage(cfg):
+        r = train_fold(cfg, FULL, force=args.force)
+        print(f"full-data fit: {'already finished' if r.get('skipped') else 'trained'}, {r['epochs']} epochs "
+              f"-> {display_path(r['dir'])}")
     for r in results:
         if r.get("skipped"):
             print(f"fold {r['fold']}: already finished (best val mAP {r['best_mAP']:.4f} at epoch {r['best_epoch']}); "

@@ -11,8 +11,11 @@ def experiment_dir(cfg) -> Path:
     return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
 
 
-def fold_dir(cfg, fold: int) -> Path:
-    return experiment_dir(cfg) / f"fold{fold}"
+FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
+
+
+def fold_dir(cfg, fold) -> Path:
+    return experiment_dir(cfg) / (FULL if fold == FULL else f"fold{fold}")
 
 
 def last_checkpoint(cfg, fold: int) -> Path:

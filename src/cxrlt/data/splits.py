@@ -32,6 +32,11 @@ def assignment_hash(ids, folds) -> str:
     return h.hexdigest()[:16]
 
 
+def full_assignment(ids) -> str:
+    """What a full-data fit was trained on (every row, nothing held out): `full:<hash of the ids>`."""
+    return "full:" + assignment_hash(ids, [0] * len(ids))
+
+
 def current_assignment(cfg, spec=None) -> str:
     """The assignment hash of the folds file as it is now (no image-cache check: cheap)."""
     spec = spec or resolve_dataset(cfg.data)

@@ -25,14 +25,14 @@ from cxrlt.config import Config, rerun_hint, save_resolved
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
-from cxrlt.data.splits import current_assignment, training_data
+from cxrlt.data.splits import current_assignment, full_assignment, training_data
 from cxrlt.data.studies import study_groups, view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
 from cxrlt.evaluate.normalise import FoldNormaliser, check_method
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
-from cxrlt.experiment import best_checkpoint, check_fingerprint, experiment_dir, fingerprint
+from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
@@ -123,9 +123,13 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         raise CxrltError(f"{display_path(out)}: its folds started from different weights ("
                          + ", ".join(f"fold {k}: {v}" for k, v in inits.items())
                          + f"); retrain the odd ones with {rerun_hint(cfg, '03_train.py', '--fold', 'K', '--force')}")
+    full = _full_fit(cfg, spec)
+    if full is not None:
+        loaded[FULL] = full
     metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
+                     **({FULL: best_checkpoint(cfg, FULL)} if full is not None else {}),
                      **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
         old = json.loads(metrics_file.read_text())
@@ -163,6 +167,12 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
             else:
                 per_model[job][k] = probs
         accelerator.free_memory()
+    if full is not None:    # the full-data fit predicts development and test only: it has no OOF
+        net, arch = load_model(full)
+        net = net.to(accelerator.device)
+        for s, (job_df, job_files) in others.items():
+            by_view = _logits(net, arch, spec, job_df, job_files, accelerator, full, views, cfg)
+            per_model[s][FULL] = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean).numpy()
     if not accelerator.is_main_process:
         return dict(skipped=False, dir=out)
 
@@ -193,8 +203,9 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
                   settings=_settings(cfg), inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
     written = {"oof": out / "oof.csv"}
     for s, (df, _) in others.items():
+        members = {k: p for k, p in per_model[s].items() if pc.use_full_fit != "alone" or k == FULL}
         if pc.oof_normalise == "none":
-            probs = _postprocess(cfg, spec, df, sum(per_model[s].values()) / len(ckpts), gate)
+            probs = _postprocess(cfg, spec, df, sum(members.values()) / len(members), gate)
         else:   # each fold model through its own map, then the mean over folds
             probs = sum(norm.apply(_postprocess(cfg, spec, df, p, gate), k) for k, p in per_model[s].items()) / len(ckpts)
         name = "development.csv" if s == "dev" else "test.csv"
@@ -246,6 +257,30 @@ def _logits(net, arch, spec, df, files, accelerator, ck, views, cfg) -> dict:
     return by_view if study_of is None else {v: t[study_of] for v, t in by_view.items()}
 
 
+USE_FULL = ("none", "with_folds", "alone")
+
+
+def _full_fit(cfg, spec) -> dict | None:
+    """The full-data fit's checkpoint when `predict.use_full_fit` asks for it, checked; else None."""
+    use = cfg.predict.use_full_fit
+    if use not in USE_FULL:
+        raise CxrltError(f"predict.use_full_fit must be one of {', '.join(USE_FULL)}, not '{use}'")
+    if use == "none":
+        return None
+    path = best_checkpoint(cfg, FULL)
+    if not path.is_file():
+        raise CxrltError(f"predict.use_full_fit={use}: no full-data fit {display_path(path)}; train it with "
+                         + rerun_hint(cfg, "03_train.py", "--full"))
+    if cfg.predict.oof_normalise != "none":
+        raise CxrltError(f"predict.use_full_fit={use} with predict.oof_normalise={cfg.predict.oof_normalise}: the "
+                         f"full-data fit has no OOF scores to fit its normalisation on")
+    ck = load(path)
+    ids = read_split(spec, "train", labels="none")[spec.id_col]
+    check_fingerprint(ck["fingerprint"], fingerprint(cfg, spec, full_assignment(ids)), path,
+                      "retrain it: " + rerun_hint(cfg, "03_train.py", "--full", "--force"))
+    return ck
+
+
 def _settings(cfg) -> dict:
     """The prediction settings that decide, with the inputs, whether stage 04 is up to date."""
     pc = cfg.predict
@@ -253,6 +288,7 @@ def _settings(cfg) -> dict:
     return dict(tta=pc.tta, tta_mean=pc.tta_mean, study_aggregation=bool(pc.study_aggregation),
                 view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight),
                 normal_gating=None if gating is None else float(gating), oof_normalise=pc.oof_normalise,
+                use_full_fit=pc.use_full_fit,
                 bootstrap=int(pc.bootstrap))
 
 

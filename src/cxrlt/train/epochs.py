@@ -14,8 +14,9 @@ from cxrlt.train import tracking
 def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float, saver, out, accelerator,
                title: str, label: str, val_ids, names, stop_after: int | None = None) -> tuple[list, float, bool]:
     """run_epoch(epoch) -> (log row with epoch, train_loss, val_loss, val_mAP, val_mAUC, img_s, time_s,
-    validation dict with `probs` and `idx` (positions in val_ids)). Returns (history, best, stopped):
-    stopped when `stop_after` epochs ran before the last one (tests a kill)."""
+    validation dict with `probs` and `idx` (positions in val_ids), or None without a held-out part:
+    then best.pt is the last epoch's weights). Returns (history, best, stopped): stopped when
+    `stop_after` epochs ran before the last one (tests a kill)."""
     from cxrlt.train.curve import plot_training_curve
 
     main = accelerator.is_main_process
@@ -24,7 +25,9 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
         row, v = run_epoch(epoch)
         history.append(row)
         if main:
-            if v["val_mAP"] > best:
+            if v is None:             # full-data fit: nothing held out, the final weights are kept
+                saver.save_best(epoch, row)
+            elif v["val_mAP"] > best:
                 best = v["val_mAP"]
                 saver.save_best(epoch, row)
                 preds = pd.DataFrame(v["probs"], columns=names)
@@ -35,8 +38,10 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
             write_csv(out / "log.csv", pd.DataFrame(history))
             plot_training_curve(history, out / "curve.png", title=title)
             eta = (time.time() - t_run) / (epoch + 1 - start) * (epochs - epoch - 1)
-            print(f"{label} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val mAP {row['val_mAP']:.4f}, mAUC {row['val_mAUC']:.4f}, {row['img_s']:.0f} img/s, {row['time_s']:.0f} s"
+            val = (f"val loss {row['val_loss']:.4f}, val mAP {row['val_mAP']:.4f}, mAUC {row['val_mAUC']:.4f}, "
+                   if v is not None else "")
+            print(f"{label} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, {val}"
+                  f"{row['img_s']:.0f} img/s, {row['time_s']:.0f} s"
                   f"{f', ETA {eta / 60:.1f} min' if eta > 0 else ''}", flush=True)
         accelerator.wait_for_everyone()
         if stop_after is not None and epoch + 1 - start >= stop_after and epoch + 1 < epochs:

@@ -19,9 +19,10 @@ import torch
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import resolve_dataset
 from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
-from cxrlt.data.splits import assignment_hash, current_assignment, training_data
+from cxrlt.data.splits import assignment_hash, current_assignment, full_assignment, training_data
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import (
+    FULL,
     best_checkpoint,
     check_fingerprint,
     done_marker,
@@ -55,9 +56,35 @@ def cosine_with_warmup(total: int, warmup: int, min_ratio: float):
     return f
 
 
-def train_fold(cfg: Config, fold: int, force: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
+def full_fit_epochs(cfg: Config) -> int:
+    """train.full_epochs, or the median best epoch of the finished folds (rounded, at least 1)."""
+    if cfg.train.full_epochs:
+        return int(cfg.train.full_epochs)
+    k, best, missing = int(cfg.folds.k), [], []
+    for f in range(k):
+        d = done_marker(cfg, f)
+        (best.append(json.loads(d.read_text())["best_epoch"]) if d.is_file() else missing.append(f))
+    if missing:
+        raise CxrltError(f"full-data fit: its epochs come from the folds' best epochs, and fold(s) "
+                         f"{', '.join(map(str, missing))} are not finished; train them first or set train.full_epochs")
+    return max(1, int(round(float(np.median(best)))))
+
+
+def _assignment(cfg, spec, fold, ids=None, fold_of=None) -> str:
+    """What a checkpoint was trained without: the fold assignment, or `full:<ids>` for the full fit."""
+    if fold == FULL:
+        if ids is None:
+            from cxrlt.data.datasets import read_split
+
+            ids = read_split(spec, "train", labels="none")[spec.id_col]
+        return full_assignment(ids)
+    return current_assignment(cfg, spec) if fold_of is None else assignment_hash(ids, fold_of)
+
+
+def train_fold(cfg: Config, fold, force: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or resume, or skip) one fold under its lock: a second trainer of the same fold stops at
-    once, naming the first. stop_after: return after that many epochs (tests a kill)."""
+    once, naming the first. fold = experiment.FULL: the full-data fit (every training image, no
+    validation, best.pt = the last epoch's weights). stop_after: return after that many epochs (tests a kill)."""
     with exclusive(fold_dir(cfg, fold) / ".lock", f"fold {fold} of experiment '{cfg.name}'", enabled=is_main_process()):
         if is_main_process():
             remove_stale_tmp(fold_dir(cfg, fold))   # left by a run killed mid-write
@@ -71,7 +98,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
 
     tcfg = cfg.train
     k = int(cfg.folds.k)
-    if not 0 <= fold < k:
+    full = fold == FULL
+    if not full and not 0 <= fold < k:
         raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
     accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum), tracking.log_with(cfg, fold), out)
@@ -79,7 +107,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     spec = resolve_dataset(cfg.data)
     if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
         done = json.loads(done_file.read_text())
-        check_fingerprint(done.get("fingerprint", {}), fingerprint(cfg, spec, current_assignment(cfg, spec)),
+        check_fingerprint(done.get("fingerprint", {}), fingerprint(cfg, spec, _assignment(cfg, spec, fold)),
                           done_file, "use --force to retrain the fold")
         return dict(done, skipped=True, dir=out)
     if force and main:
@@ -89,12 +117,13 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     accelerator.wait_for_everyone()
 
     spec, df, files, y, fold_of = training_data(cfg)
-    tr, va = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    tr, va = (np.arange(len(df)), np.zeros(0, int)) if full else (np.flatnonzero(fold_of != fold),
+                                                                 np.flatnonzero(fold_of == fold))
     names = list(spec.labels)
     normal = names.index(spec.normal_label) if spec.normal_label else None
     allowed = tuple(names.index(x) for x in spec.normal_allows)
-    epochs = int(tcfg.epochs)
-    base_seed = int(cfg.seed) + 1000 * fold
+    epochs = full_fit_epochs(cfg) if full else int(tcfg.epochs)
+    base_seed = int(cfg.seed) + 1000 * (k if full else fold)
     set_seed(base_seed)
 
     init = cfg.model.get("init_from")
@@ -134,7 +163,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
         model = torch.compile(model)
     criterion = build_loss(cfg.loss, y[tr].sum(0), len(tr), epochs).to(accelerator.device)
 
-    fp = fingerprint(cfg, spec, assignment_hash(df[spec.id_col], fold_of))
+    fp = fingerprint(cfg, spec, _assignment(cfg, spec, fold, df[spec.id_col], fold_of))
     saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, net, ema,
                             optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict(),
                             arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std))
@@ -144,6 +173,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
             print(f"fold {fold}: resuming after epoch {start} of {epochs} from {display_path(saver.last)}")
         out.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, experiment_dir(cfg) / "config.yaml")
+        if full:
+            print(f"full-data fit: {epochs} epochs ({'train.full_epochs' if tcfg.full_epochs else 'median best epoch of the folds'})")
         print(f"fold {fold}: {len(tr)} train / {len(va)} val images, {cfg.model.name} at {cfg.cache.size}px, "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}")
     tracking.start(accelerator, cfg, start)
@@ -156,10 +187,12 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
         tr_stats = train_one_epoch(model, net, train_loader, criterion, optimizer, scheduler, accelerator, tcfg,
                                    mean, std, batches, ema, bar)
         bar.close()
-        v = validate(saver.eval_net if ema is not None else model, val_loader, accelerator, mean, std,
-                     tcfg.channels_last, names)
-        return dict(epoch=epoch + 1, train_loss=tr_stats["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
-                    val_mAUC=v["val_mAUC"], lr=scheduler.get_last_lr()[0], img_s=tr_stats["img_s"],
+        v = None if full else validate(saver.eval_net if ema is not None else model, val_loader, accelerator,
+                                       mean, std, tcfg.channels_last, names)
+        nan = float("nan")
+        return dict(epoch=epoch + 1, train_loss=tr_stats["train_loss"], val_loss=v["val_loss"] if v else nan,
+                    val_mAP=v["val_mAP"] if v else nan, val_mAUC=v["val_mAUC"] if v else nan,
+                    lr=scheduler.get_last_lr()[0], img_s=tr_stats["img_s"],
                     mosaic=train_ds.mosaic_p, loss_weighted=bool(getattr(criterion, "weighted", False)),
                     time_s=time.time() - t0), v
 
@@ -170,10 +203,12 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     if stopped:
         tracking.finish(accelerator)
         return dict(stopped=True, epoch=len(history), dir=out)
-    summary = dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
-                   epochs=epochs, init=saver.init, fingerprint=fp, skipped=False)
-    if main:
+    best_epoch = epochs if full else int(np.argmax([h["val_mAP"] for h in history])) + 1
+    summary = dict(fold=fold, best_mAP=best, best_epoch=best_epoch, epochs=epochs, init=saver.init, fingerprint=fp,
+                   skipped=False)
+    if main and not full:
         tracking.log_best_ap(accelerator, out / "val_predictions.csv", df[spec.id_col], y, names, summary["best_epoch"])
+    if main:
         write_text(done_file, to_json(summary))
     tracking.finish(accelerator)
     accelerator.wait_for_everyone()
