@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 
+from cxrlt.config import Config
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 from cxrlt.models.heads import HEAD_KEYS, HeadedNet, build_head, check_head
@@ -23,7 +24,7 @@ from cxrlt.models.heads import HEAD_KEYS, HeadedNet, build_head, check_head
 ARCH_KEYS = ("name", "in_chans", "drop_rate", "drop_path_rate", "head", *{k for v in HEAD_KEYS.values() for k in v})
 
 
-def create_model(mcfg, num_classes: int) -> torch.nn.Module:
+def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwargs: dict | None = None) -> torch.nn.Module:
     """Any timm model name. Weights: model.pretrained_path (a local file) > model.pretrained (download)
     > random init, with one clear warning when a download fails (an error if model.require_pretrained).
 
@@ -35,14 +36,24 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
     kw = dict(num_classes=num_classes, in_chans=int(mcfg.in_chans), drop_rate=float(mcfg.drop_rate))
     if mcfg.drop_path_rate:
         kw["drop_path_rate"] = float(mcfg.drop_path_rate)
+    kw.update(timm_kwargs or {})   # architecture arguments a converted checkpoint recorded (models.foundation)
     if head != "linear":   # the backbone's feature map goes to our head (timm drops a pretrained classifier)
         kw.update(num_classes=0, global_pool="")
 
     def _tag(net, source):
+        extra = dict(getattr(net, "timm_kwargs", None) or timm_kwargs or {})
         if head != "linear":
             net = HeadedNet(net, build_head(mcfg, net.num_features, num_classes))
-        net.init_source = source
+        net.init_source, net.timm_kwargs = source, extra
         return net
+    if mcfg.pretrained_path and mcfg.get("pretrained_format", "timm") != "timm":   # chest X-ray foundation weights
+        from cxrlt.models.foundation import create_foundation
+
+        path = project_path(mcfg.pretrained_path)
+        if not path.exists():
+            raise CxrltError(f"model.pretrained_path {display_path(path)}: not found")
+        net, source = create_foundation(Config(dict(mcfg, pretrained_path=str(path))), kw, image_size)
+        return _tag(net, source)
     if mcfg.pretrained_path:
         path = project_path(mcfg.pretrained_path)
         if not path.is_file():
@@ -71,18 +82,22 @@ def create_model(mcfg, num_classes: int) -> torch.nn.Module:
         raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
 
 
-def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float) -> dict:
-    """What a checkpoint carries to rebuild its model from the file alone (models.checkpoint.load_model)."""
-    return dict(kind="image", model={k: mcfg.get(k) for k in ARCH_KEYS if k in mcfg}, labels=list(labels),
-                num_classes=len(labels), image_size=int(image_size), resize=resize, mean=float(mean), std=float(std))
+def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float, net=None) -> dict:
+    """What a checkpoint carries to rebuild its model from the file alone (models.checkpoint.load_model);
+    `net` adds the architecture arguments a converted foundation model was built with."""
+    model = {k: mcfg.get(k) for k in ARCH_KEYS if k in mcfg}
+    if getattr(net, "timm_kwargs", None):
+        model["timm_kwargs"] = dict(net.timm_kwargs)
+    return dict(kind="image", model=model, labels=list(labels), num_classes=len(labels), image_size=int(image_size),
+                resize=resize, mean=float(mean), std=float(std))
 
 
 def model_from_arch(arch: dict) -> torch.nn.Module:
     """The untrained model of an `arch_record` (no download: the weights come from the checkpoint)."""
-    from cxrlt.config import Config
-
-    return create_model(Config(dict(arch["model"], pretrained=False, pretrained_path=None, require_pretrained=False)),
-                        int(arch["num_classes"]))
+    m = dict(arch["model"], pretrained=False, pretrained_path=None, require_pretrained=False)
+    kw = m.pop("timm_kwargs", None) or {}
+    net = create_model(Config(m), int(arch["num_classes"]), timm_kwargs=kw)
+    return net
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

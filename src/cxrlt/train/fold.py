@@ -127,7 +127,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     set_seed(base_seed)
 
     init = cfg.model.get("init_from")
-    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names))
+    net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names),
+                       image_size=int(cfg.cache.size))
     if init and not last_checkpoint(cfg, fold).is_file():   # a resumed fold restores its own weights
         rep = init_from(net, init, cfg.model, names, int(cfg.cache.size))
         net.init_source = f"init_from:{rep['source']}"
@@ -166,7 +167,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     fp = fingerprint(cfg, spec, _assignment(cfg, spec, fold, df[spec.id_col], fold_of))
     saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, net, ema,
                             optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict(),
-                            arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std))
+                            arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net))
     start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
     if main:
         if start:
