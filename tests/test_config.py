@@ -77,7 +77,7 @@ def test_every_shipped_recipe_loads():
     for path in (ROOT / "experiments").glob("*.yaml"):
         load_config(path)
     for lst in (ROOT / "experiments").glob("*.txt"):
-        for name in lst.read_text().split():
+        for name in [ln.strip() for ln in lst.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]:
             assert (ROOT / "experiments" / f"{name}.yaml").is_file(), (lst.name, name)
 
 
