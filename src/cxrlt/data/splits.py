@@ -11,14 +11,31 @@ from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path
 
 
+def view_rows(cfg, spec, df):
+    """The rows a recipe trains on: all, or those whose view is in `data.views` (a per-view
+    specialist; same folds file, so the same folds for those images)."""
+    views = cfg.data.get("views")
+    if not views:
+        return df
+    if not spec.view_col or spec.view_col not in df.columns:
+        raise CxrltError(f"data.views={list(views)}: dataset preset '{spec.name}' has no view column (data.view_col)")
+    keep = df[spec.view_col].astype(str).str.strip().str.upper().isin([str(v).upper() for v in views])
+    if not keep.any():
+        raise CxrltError(f"data.views={list(views)}: no training image has one of these views in column "
+                         f"'{spec.view_col}'")
+    return df[keep.to_numpy()].reset_index(drop=True)
+
+
 def training_data(cfg):
-    """(spec, training table, cached file per row, label matrix, fold per row), all checked."""
+    """(spec, training table, cached file per row, label matrix, fold per row), all checked; only
+    the rows of `data.views` when it is set."""
     spec = resolve_dataset(cfg.data)
     df = read_split(spec, "train", labels="required")
     fpath = folds_path(cfg, spec)
     if not fpath.is_file():
         raise CxrltError(f"{display_path(fpath)}: no folds yet; run {rerun_hint(cfg, '02_make_folds.py')}")
     folds = read_folds(fpath, spec, df, k=int(cfg.folds.k)).set_index(spec.id_col).fold
+    df = view_rows(cfg, spec, df)
     files = Cache.from_config(cfg, spec.name).require(df[spec.id_col], spec.train_csv, cfg)
     return spec, df, files, label_matrix(spec, df), folds.loc[df[spec.id_col]].to_numpy()
 
@@ -45,4 +62,5 @@ def current_assignment(cfg, spec=None) -> str:
     if not fpath.is_file():
         raise CxrltError(f"{display_path(fpath)}: no folds yet; run {rerun_hint(cfg, '02_make_folds.py')}")
     folds = read_folds(fpath, spec, df, k=int(cfg.folds.k)).set_index(spec.id_col).fold
+    df = view_rows(cfg, spec, df)
     return assignment_hash(df[spec.id_col], folds.loc[df[spec.id_col]].to_numpy())

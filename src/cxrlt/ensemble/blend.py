@@ -105,13 +105,15 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     members = list(bc.members or [])
     if len(members) < 1:
         raise CxrltError("blend.members: list at least one experiment to blend")
-    if bc.mode not in ("mean", "rank", "fit"):
-        raise CxrltError(f"blend.mode must be mean, rank or fit, not '{bc.mode}'")
+    if bc.mode not in ("mean", "rank", "fit", "route"):
+        raise CxrltError(f"blend.mode must be mean, rank, fit or route, not '{bc.mode}'")
     spec = resolve_dataset(cfg.data)
     names, id_col = list(spec.labels), spec.id_col
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
     train = read_split(spec, "train", labels="required")
+    if bc.mode == "route":
+        return _route(cfg, spec, train, members, out, force)
     ids, folds, oof = load_members(members, names, id_col, "oof")
     if ids != train[id_col].tolist():
         raise CxrltError("blend: the members' OOF ids are not the training CSV's ids in order")
@@ -156,6 +158,99 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],
                                                        honest_weights=honest_weights), indent=1))
     # written last, vouching for every output: a blend killed half-way is redone, never "up to date"
+    result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
+                                if (out / f).is_file()})
+    write_text(out / "metrics.json", to_json(result, indent=1))
+    return dict(result, dir=out, skipped=False)
+
+
+def _member_views(m: str) -> list[str] | None:
+    """The views a member was trained on (its config.yaml `data.views`), None for all views; a member
+    that aggregated studies is refused (routing must see each image's own prediction)."""
+    from cxrlt.config import load_yaml
+
+    d = member_dir(m)
+    f = d / "predict_config.yaml" if (d / "predict_config.yaml").is_file() else d / "config.yaml"  # stage 04's, else 03's
+    if not f.is_file():
+        raise CxrltError(f"blend member '{m}': no {display_path(f)} (train it first)")
+    c = load_yaml(f.read_text())
+    if (c.get("predict") or {}).get("study_aggregation"):
+        raise CxrltError(f"blend.mode=route: member '{m}' aggregates studies; set predict.study_aggregation: false in "
+                         f"its recipe (the routed blend aggregates after routing)")
+    views = (c.get("data") or {}).get("views")
+    return [str(v).strip().upper() for v in views] if views else None
+
+
+def _route(cfg, spec, train, members, out, force) -> dict:
+    """Blend mode `route`: each image's prediction from the member trained on its view (the
+    all-view member for other views or without a view column), then study aggregation when the
+    recipe asks for it. Figures overall and per view group."""
+    from cxrlt.evaluate.predictions import aggregate_studies, route_rows
+    from cxrlt.evaluate.validation import view_figures, view_groups
+
+    names, id_col = list(spec.labels), spec.id_col
+    views = {m: _member_views(m) for m in members}
+    files = {s: f for s, f in (("oof", "oof.csv"), ("test", "test.csv"), ("dev", "development.csv"))}
+    inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in files.values()
+                     if (member_dir(m) / f).is_file()})
+    settings = dict(members=members, mode="route", views={m: v for m, v in views.items()},
+                    study_aggregation=bool(cfg.predict.study_aggregation))
+    if (out / "metrics.json").is_file() and not force:
+        old = json.loads((out / "metrics.json").read_text())
+        if old.get("inputs") == inputs and old.get("settings") == settings and intact(old.get("outputs"), out):
+            return dict(old, dir=out, skipped=True)
+    pc = cfg.predict
+
+    def routed(split: str, table):
+        """Routed (and aggregated) predictions of `table`'s rows, folds for OOF; None if absent."""
+        frames = {}
+        for m in members:
+            path = member_dir(m) / files[split]
+            if not path.is_file():
+                if split == "dev":
+                    return None
+                raise CxrltError(f"blend member '{m}': {display_path(path)} not found; run src/04_predict.py for it")
+            frames[m] = read_predictions(path, names, id_col).set_index(id_col)
+        vcol = spec.view_col if spec.view_col and spec.view_col in table.columns else None
+        pick = route_rows(table[vcol] if vcol else [None] * len(table), views)
+        ids = table[id_col].astype(str).tolist()
+        p, fold = np.zeros((len(ids), len(names))), np.full(len(ids), -1)
+        for i, m in enumerate(members):
+            rows = np.flatnonzero(pick == i)
+            want = [ids[r] for r in rows]
+            missing = [x for x in want if x not in frames[m].index]
+            if missing:
+                raise CxrltError(f"blend member '{m}': its {files[split]} has no row for {len(missing)} image(s) it "
+                                 f"should answer (e.g. {missing[0]}); was it trained on these views?")
+            p[rows] = frames[m].loc[want, names].to_numpy(np.float64)
+            if split == "oof":
+                fold[rows] = frames[m].loc[want, "fold"].to_numpy()
+        if pc.study_aggregation and spec.study_col and spec.study_col in table.columns:
+            p = aggregate_studies(p, table[spec.study_col], table[vcol] if vcol else [None] * len(table),
+                                  dict(pc.view_weights), float(pc.other_view_weight))
+        return ids, p, fold, pick
+
+    ids, p, fold, pick = routed("oof", train)
+    y = label_matrix(spec, train)
+    write_predictions(out / "oof.csv", ids, p, names, id_col, fold=fold)
+    p = read_predictions(out / "oof.csv", names, id_col, ids=ids)[names].to_numpy()
+    result = evaluate(y, p, names, y.sum(0), len(y))
+    result.update(mode="route", routed={m: int((pick == i).sum()) for i, m in enumerate(members)},
+                  members={m: v or "all" for m, v in views.items()}, mAP_honest=result["mAP"], inputs=inputs,
+                  settings=settings, weights={m: 1.0 for m in members})
+    if spec.view_col and spec.view_col in train.columns:
+        result["by_view"] = view_figures(y, p, view_groups(train[spec.view_col]), names, y.sum(0), len(y), folds=fold)
+    for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
+        path = spec.csv(split)
+        if path is None or not path.is_file():
+            continue
+        table = read_split(spec, split, labels="none")
+        r = routed(split, table)
+        if r is not None:
+            write_predictions(out / fname, r[0], r[1], names, id_col)
+    save_resolved(cfg, out / "config.yaml")
+    write_text(out / "weights.json", to_json(dict(mode="route", weights=result["weights"], views=result["members"]),
+                                              indent=1))
     result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
                                 if (out / f).is_file()})
     write_text(out / "metrics.json", to_json(result, indent=1))

@@ -68,3 +68,21 @@ def normal_gating(probs: np.ndarray, normal: int, keep=(), alpha: float = 1.0) -
     cols = [normal, *keep]
     out[:, cols] = p[:, cols]
     return out
+
+
+def route_rows(views, members: dict) -> np.ndarray:
+    """Per image, the index (in `members` order) of the member that answers it: the specialist
+    whose views contain the image's view, else the all-view member (`members`: name -> views or None)."""
+    names = list(members)
+    fallback = [i for i, m in enumerate(names) if members[m] is None]
+    if len(fallback) != 1:
+        raise CxrltError(f"blend.mode=route needs exactly one all-view member (data.views null); got "
+                         f"{[names[i] for i in fallback] or 'none'}")
+    by_view = {}
+    for i, m in enumerate(names):
+        for v in members[m] or []:
+            if v in by_view:
+                raise CxrltError(f"blend.mode=route: view {v} is in members '{names[by_view[v]]}' and '{m}'")
+            by_view[v] = i
+    return np.array([by_view.get(str(v).strip().upper(), fallback[0]) if isinstance(v, str) else fallback[0]
+                     for v in views])

@@ -29,7 +29,7 @@ import torch
 from cxrlt.config import Config, load_yaml
 from cxrlt.data.images import MAX_PIXELS, decode_gray, resize_square
 from cxrlt.errors import CxrltError
-from cxrlt.evaluate.predictions import aggregate_studies
+from cxrlt.evaluate.predictions import aggregate_studies, route_rows
 from cxrlt.fileio import display_path, project_path
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.heads import to_tokens
@@ -174,11 +174,17 @@ class Predictor:
         self.max_pixels = int(max_pixels)
         self.lock = threading.Lock()
         weights_file = self.dir / "weights.json"
+        self.route = None
         if weights_file.is_file():     # a blend: its members' fold ensembles, with its weights
-            w = json.loads(weights_file.read_text())["weights"]
+            wj = json.loads(weights_file.read_text())
+            w = wj["weights"]
             self.members = [(_Member(self._member_dir(m), folds, self.device), float(v)) for m, v in w.items() if v > 0]
+            if wj.get("mode") == "route":   # each film answered by the member trained on its view
+                self.route = {m.dir.name: (None if v == "all" else v) for (m, _), v in zip(self.members, wj["views"].values())}
         else:
             self.members = [(_Member(self.dir, folds, self.device), 1.0)]
+        own = self.dir / "config.yaml"
+        self.cfg = Config(load_yaml(own.read_text())) if own.is_file() else None
         self.labels = self.members[0][0].labels
         for m, _ in self.members[1:]:
             if m.labels != self.labels:
@@ -208,8 +214,11 @@ class Predictor:
         films = self.decode(uploads)
         views = _check_views(views, len(films))
         with self.lock:
-            total = sum(w for _, w in self.members)
-            probs = sum(w * m.predict(films, views, self.device) for m, w in self.members) / total
+            if self.route is not None:
+                probs = self._routed(films, views)
+            else:
+                total = sum(w for _, w in self.members)
+                probs = sum(w * m.predict(films, views, self.device) for m, w in self.members) / total
         study = probs.mean(0)   # image models without aggregation: the study is the mean of its images
         findings = []
         for c, label in enumerate(self.labels):
@@ -220,6 +229,20 @@ class Predictor:
                                  oof_ap=info.get("AP")))
         findings.sort(key=lambda f: -f["probability"])
         return dict(findings=findings, images=len(films), models=self.n_models, seconds=round(time.time() - t0, 3))
+
+    def _routed(self, films, views) -> np.ndarray:
+        """Route mode: each film from the member trained on its view, then the blend's study aggregation."""
+        pick = route_rows(views, self.route)
+        probs = np.zeros((len(films), len(self.labels)))
+        for i, (m, _) in enumerate(self.members):
+            rows = np.flatnonzero(pick == i)
+            if len(rows):
+                probs[rows] = m.predict([films[r] for r in rows], [views[r] for r in rows], self.device)
+        pc = (self.cfg or {}).get("predict") or {}
+        if len(films) > 1 and pc.get("study_aggregation", True):
+            probs = aggregate_studies(probs, ["study"] * len(films), views, dict(pc.get("view_weights") or {}),
+                                      float(pc.get("other_view_weight", 5)))
+        return probs
 
     def heatmap(self, uploads: list[tuple[str, bytes]], label: str, views=None, index: int = 0) -> np.ndarray:
         """RGB uint8 overlay of the Grad-CAM map of `label` on image `index` of the study."""
@@ -232,8 +255,12 @@ class Predictor:
         order = [index] + [i for i in range(len(films)) if i != index]
         films, views = [films[i] for i in order], [views[i] for i in order]
         c = self.labels.index(label)
+        members = self.members
+        if self.route is not None:     # the member that answers this film
+            members = [(self.members[int(route_rows(views[:1], self.route)[0])][0], 1.0)]
         with self.lock:
-            cams = [w * m.gradcam(films[0], films[1:], views, c, self.device) for m, w in self.members]
+            total = sum(w for _, w in members)
+            cams = [w / total * m.gradcam(films[0], films[1:], views, c, self.device) for m, w in members]
         return overlay(films[0], np.sum(cams, 0))
 
 

@@ -19,7 +19,7 @@ import torch
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import resolve_dataset
 from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
-from cxrlt.data.splits import assignment_hash, current_assignment, full_assignment, training_data
+from cxrlt.data.splits import assignment_hash, current_assignment, full_assignment, training_data, view_rows
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import (
     FULL,
@@ -76,7 +76,7 @@ def _assignment(cfg, spec, fold, ids=None, fold_of=None) -> str:
         if ids is None:
             from cxrlt.data.datasets import read_split
 
-            ids = read_split(spec, "train", labels="none")[spec.id_col]
+            ids = view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col]
         return full_assignment(ids)
     return current_assignment(cfg, spec) if fold_of is None else assignment_hash(ids, fold_of)
 
