@@ -16,7 +16,15 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--force", action="store_true", help="regenerate even if a complete demo is there")
+    p.add_argument("--relabelled", action="store_true", help="instead write input/demo_relabelled/: demo fold 0's "
+                   "training images under 2026-style names (the model.init_from example; needs the demo's folds)")
     a = p.parse_args()
+    if a.relabelled:
+        from cxrlt.data.demo import make_relabelled
+
+        r = make_relabelled(project_path(a.out), project_path("folds/demo_folds.csv"), project_path("input/demo_relabelled"))
+        print(f"wrote input/demo_relabelled/: {r['train']} training images, labels {', '.join(r['labels'])}")
+        return
     out = project_path(a.out)
     r = make_demo(out, a.n_train, a.n_dev, a.n_test, a.max_side, a.seed, a.workers, a.force)
     if r["skipped"]:

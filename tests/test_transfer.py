@@ -74,3 +74,20 @@ def test_a_fold_starts_from_an_experiment_and_records_it(base, trained, tmp_path
     ck = load(tmp_path / "ft" / "fold0" / "best.pt")
     assert ck["init"] == f"init_from:{trained}/fold0/best.pt" == r["init"]
     assert json.loads((tmp_path / "ft" / "fold0" / "done.json").read_text())["init"] == ck["init"]
+
+
+def test_relabelled_demo_holds_the_fold_the_demo_model_never_saw(tiny_root, base, tmp_path):
+    from cxrlt.data.demo import RELABEL, make_relabelled
+
+    d = [x for x in base if x.startswith("folds.dir=")][0].split("=", 1)[1]
+    folds_csv = __import__("pathlib").Path(d) / "demo_folds.csv"
+    r = make_relabelled(tiny_root / "demo", folds_csv, tmp_path / "out")
+    import pandas as pd
+
+    train = pd.read_csv(tiny_root / "demo" / "train.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    folds = pd.read_csv(folds_csv, dtype={"dicom_id": str}).set_index("dicom_id").fold
+    new = pd.read_csv(tmp_path / "out" / "train.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    assert set(new.index) == set(folds[folds == 0].index) and r["train"] == len(new)
+    for old, name in RELABEL.items():
+        assert (new[name] == train.loc[new.index, old]).all()
+    assert "Lung Opacity" not in new.columns and "alveolar pattern" in new.columns

@@ -475,3 +475,35 @@ def contact_sheet(out_dir: Path, train: pd.DataFrame, n: int = 24) -> Path:
         ax.set_title(f"{train.ViewPosition.iloc[i]}: " + "\n".join(names), fontsize=7)
     fig.suptitle("Synthetic CXR-LT demo: training films and their labels", fontsize=11)
     return save_figure(out_dir / "contact_sheet.png", fig)
+
+
+# A 2026-style relabelling of the demo (a subset of its findings under PadChest-like names), for
+# the fine-tuning example of model.init_from: some names match through models.transfer's aliases,
+# "alveolar pattern" matches none (it starts fresh).
+RELABEL = {"No Finding": "Normal", "Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly",
+           "Pleural Effusion": "pleural effusion", "Pneumoperitoneum": "pneumoperitoneo",
+           "Tortuous Aorta": "aortic elongation", "Calcification of the Aorta": "aortic atheromatosis",
+           "Pleural Thickening": "pleural thickening", "Fracture": "fracture", "Nodule": "Nodule", "Mass": "Mass",
+           "Hernia": "Hernia", "Emphysema": "Emphysema", "Pneumothorax": "Pneumothorax",
+           "Subcutaneous Emphysema": "Subcutaneous Emphysema", "Support Devices": "Support Devices",
+           "Lung Opacity": "alveolar pattern"}
+
+
+def make_relabelled(demo_dir: Path, folds_csv: Path, out_dir: Path, fold: int = 0) -> dict:
+    """input/demo_relabelled/: the demo training images of one demo fold (those the demo's fold
+    model never trained on, so a model started from it is scored honestly), development and test as
+    they are, labels renamed by RELABEL; images stay in the demo folder."""
+    from cxrlt.errors import CxrltError
+
+    for f in (demo_dir / "train.csv", folds_csv):
+        if not f.is_file():
+            raise CxrltError(f"{f}: not found; make the demo and its folds first (stages 00 and 02 of experiments/demo.yaml)")
+    train = pd.read_csv(demo_dir / "train.csv", dtype={"dicom_id": str})
+    folds = pd.read_csv(folds_csv, dtype={"dicom_id": str}).set_index("dicom_id").fold
+    keep = train[folds.loc[train.dicom_id].to_numpy() == fold]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = META_COLS + list(RELABEL)
+    for name, df in (("train.csv", keep), ("development.csv", pd.read_csv(demo_dir / "development.csv", dtype={"dicom_id": str}))):
+        write_csv(out_dir / name, df[cols].rename(columns=RELABEL))
+    write_csv(out_dir / "test.csv", pd.read_csv(demo_dir / "test.csv", dtype={"dicom_id": str})[META_COLS])
+    return dict(train=len(keep), labels=list(RELABEL.values()))
