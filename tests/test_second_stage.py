@@ -195,3 +195,14 @@ def test_fusion_experiment_served_answers_its_study_prediction(fusion):
     assert r["images"] == len(rows) >= 2
     for f in r["findings"]:
         assert f["probability"] == pytest.approx(want[f["label"]], abs=1e-5)
+
+
+def test_comparison_counts_a_second_stage_s_feature_and_training_seconds(crt, base, first, tmp_path):
+    from cxrlt.ensemble.compare import train_minutes
+
+    _, out = crt
+    secs = [json.loads((out / f"fold{k}" / "done.json").read_text())["seconds"]["total"] for k in range(5)]
+    assert train_minutes(out) == pytest.approx(sum(secs) / 60)
+    tau = tmp_path / "tau"
+    train_second_stage(s2cfg(base, tau, first, "tau_norm"), 0, progress=False)   # log.csv without time_s
+    assert train_minutes(tau) > 0

@@ -38,8 +38,8 @@ COLUMNS = ["recipe", *FIGURES, "frontal", "mF1_honest", "dev_mAP", "train_min", 
 NOTE = ("OOF figures over the same folds: pooled (one ranking over all images) and, in brackets, mean ± std of the "
         "per-fold figures. head / medium / tail: mAP of classes with >10 %, 1-10 %, <1 % training prevalence; "
         "frontal: pooled mAP of PA/AP images; mF1_honest: per-class thresholds fitted on the other folds; "
-        "dev_mAP: development set (never fitted on); '-': not available; train_min: sum of time_s over "
-        "fold*/log.csv, minutes")
+        "dev_mAP: development set (never fitted on); '-': not available; train_min: training minutes summed "
+        "over folds (fold*/log.csv time_s; a second stage: feature cache + training, from done.json)")
 DIFF_NOTE = ("d_*: minus the baseline, pooled; 95 % CI: paired bootstrap over patients ({n} resamples, seed {seed}), "
              "n.d.: the interval contains 0, not distinguishable; d_mAP_folds: difference of per-fold mean mAP; "
              "won: folds in which the recipe's own mAP beats the baseline's")
@@ -56,9 +56,17 @@ def _float(x) -> float:
 
 
 def train_minutes(exp: Path) -> float:
-    """Training time of an experiment: sum of `time_s` over its fold*/log.csv (NaN without logs)."""
-    logs = sorted(exp.glob("fold*/log.csv"))
-    return sum(float(pd.read_csv(f)["time_s"].sum()) for f in logs) / 60 if logs else float("nan")
+    """Training time of an experiment, summed over its folds: a second stage's done.json seconds
+    (feature cache + training), else the `time_s` of the fold's log.csv (NaN without either)."""
+    total, seen = 0.0, False
+    for fold in sorted(exp.glob("fold*")):
+        done, log = fold / "done.json", fold / "log.csv"
+        secs = (json.loads(done.read_text()).get("seconds") or {}).get("total") if done.is_file() else None
+        if secs is not None:
+            total, seen = total + float(secs), True
+        elif log.is_file() and "time_s" in (df := pd.read_csv(log)).columns:
+            total, seen = total + float(df["time_s"].sum()), True
+    return total / 60 if seen else float("nan")
 
 
 def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame, dict]:
