@@ -5,6 +5,7 @@ accelerate for several GPUs or nodes:
     accelerate launch src/03_train.py --config experiments/effv2s_768.yaml [--fold 0]
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
+from cxrlt.errors import CxrltError
 from cxrlt.experiment import FULL
 from cxrlt.fileio import display_path
 from cxrlt.train.fold import train_fold
@@ -19,6 +20,8 @@ def main():
     cfg = config_from_args(args)
     folds = [args.fold] if args.fold is not None else (cfg.train.folds or list(range(int(cfg.folds.k))))
     if args.full:
+        if is_second_stage(cfg):
+            raise CxrltError("--full: a second stage has no full-data fit (it trains over each fold's backbone)")
         folds = []
     train = train_second_stage if is_second_stage(cfg) else train_fold
     results = [train(cfg, int(f), force=args.force) for f in folds]

@@ -94,7 +94,11 @@ def test_bad_inputs_give_one_line_errors(base, trained, tmp_path, tiny_root):
     partial = tmp_path / "partial"
     shutil.copytree(trained, partial)
     (partial / "fold1" / "best.pt").unlink()
-    with pytest.raises(CxrltError, match=r"^fold 1 has no checkpoint .*fold1/best.pt"):
+    with pytest.raises(CxrltError, match=r"^fold 1: no checkpoint .*fold1/best.pt"):
+        predict_experiment(cfg_at(base, partial), progress=False)
+    shutil.copy(trained / "fold1" / "best.pt", partial / "fold1" / "best.pt")
+    (partial / "fold1" / "done.json").unlink()         # best.pt of a fold still training
+    with pytest.raises(CxrltError, match=r"^fold 1: not finished \(no done.json beside .*fold1/best.pt\)"):
         predict_experiment(cfg_at(base, partial), progress=False)
     with pytest.raises(CxrltError, match="recipe changed since this checkpoint .*image_size"):
         predict_experiment(cfg_at(base, trained, "cache.size=48"), progress=False)

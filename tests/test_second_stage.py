@@ -206,3 +206,13 @@ def test_comparison_counts_a_second_stage_s_feature_and_training_seconds(crt, ba
     tau = tmp_path / "tau"
     train_second_stage(s2cfg(base, tau, first, "tau_norm"), 0, progress=False)   # log.csv without time_s
     assert train_minutes(tau) > 0
+
+
+def test_images_without_a_study_id_are_studies_of_their_own():
+    from types import SimpleNamespace
+
+    from cxrlt.data.studies import study_groups
+
+    df = pd.DataFrame({"study": ["a", None, "b", np.nan, "a"]})
+    groups = study_groups(df, SimpleNamespace(study_col="study", name="x"))
+    assert [g.tolist() for g in groups] == [[0, 4], [2], [1], [3]]

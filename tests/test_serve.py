@@ -225,3 +225,21 @@ def test_page_in_a_real_browser(served, server, tmp_path):
         d.save_screenshot(str(os.environ.get("CXRLT_SCREENSHOT") or tmp_path / "page.png"))
     finally:
         d.quit()
+
+
+def test_the_page_reads_only_files_uploaded_to_it(served):
+    """A client naming a server file (here: a training film) in the page's API gets an error, not the file."""
+    cfg, out = served
+    _, path = _film(cfg, "train")
+    with TestClient(build_app(Predictor(out))) as c:
+        r = c.post("/gradio_api/call/run", json={"data": [[{"path": str(path), "meta": {"_type": "gradio.FileData"}}], ""]})
+        events = c.get(f"/gradio_api/call/run/{r.json()['event_id']}").text
+    assert "event: error" in events and "not uploaded by a user" in events and "findings-table" not in events
+
+
+def test_chunked_uploads_without_a_length_are_refused(served, client):
+    cfg, _ = served
+    _, path = _film(cfg)
+    body = path.read_bytes()
+    r = client.post("/api/predict", content=iter([body]), headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["error"]

@@ -41,6 +41,9 @@ def test_backbone_and_matching_rows_carry_exactly_the_rest_stay_fresh(tmp_path, 
     rep = init_from(dst, str(path), m, TARGET, 32)
     assert [a for a, _ in rep["carried"]] == ["Normal", "pneumoperitoneo", "cardiomegaly", "Tortuous_Aorta"]
     assert rep["fresh"] == ["Brand New Finding"]
+    from cxrlt.models.factory import input_stats
+
+    assert input_stats(dst) == (0.5, 0.25)     # the source's input scaling (e.g. a converted foundation model's)
     s, d = src.state_dict(), dst.state_dict()
     rows = match_labels(LABELS_2023, TARGET)
     per_class = [k for k in d if d[k].ndim >= 1 and d[k].shape[0] == len(TARGET) and s[k].shape[0] == 26]

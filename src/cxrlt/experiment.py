@@ -14,6 +14,12 @@ def experiment_dir(cfg) -> Path:
 FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
 
 
+def experiment_path(name: str) -> Path:
+    """An experiment named by a recipe (experiments/<name>/) or given as a folder path."""
+    p = project_path(name)
+    return p if p.is_dir() and ((p / "oof.csv").is_file() or any(p.glob("fold*"))) else project_path("experiments") / name
+
+
 def fold_dir(cfg, fold) -> Path:
     return experiment_dir(cfg) / (FULL if fold == FULL else f"fold{fold}")
 

@@ -85,20 +85,19 @@ def decode_dicom(src, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if "PixelData" not in ds:
         raise ValueError("DICOM file without pixel data")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels:
+    if rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) > max_pixels:
         raise ValueError(f"{cols}x{rows} is {rows * cols / 1e6:.0f} MP, over cache.max_image_pixels={int(max_pixels)}")
-    try:
-        arr = ds.pixel_array
+    try:    # the first frame only: a multi-frame file is never decoded whole
+        from pydicom.pixels import pixel_array
+
+        arr = pixel_array(ds, index=0) if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds.pixel_array
     except Exception as e:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise ValueError(f"DICOM transfer syntax '{name}' cannot be decoded here ({type(e).__name__}); "
                          f"install pylibjpeg / python-gdcm, or convert the film to PNG") from None
-    if int(ds.get("SamplesPerPixel", 1)) > 1:          # colour: (frames,) rows, cols, 3
-        arr = arr[0] if arr.ndim == 4 else arr
+    if int(ds.get("SamplesPerPixel", 1)) > 1:          # colour: rows, cols, 3
         arr = arr.astype(np.float32).mean(-1)
-    elif arr.ndim == 3:                                 # multi-frame: the first frame
-        arr = arr[0]
     out = _scale_to_uint8(arr)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out

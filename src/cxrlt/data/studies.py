@@ -10,12 +10,14 @@ from cxrlt.errors import CxrltError
 
 
 def study_groups(df: pd.DataFrame, spec) -> list[np.ndarray]:
-    """Row positions of each study, studies in order of first appearance, rows in table order; a
-    one-line error when the preset has no study column."""
+    """Row positions of each study, studies in order of first appearance (images without a study id
+    last, one study each), rows in table order; a one-line error when the preset has no study column."""
     if not spec.study_col or spec.study_col not in df.columns:
         raise CxrltError(f"dataset preset '{spec.name}' has no study column (data.study_col): a study-level model "
                          f"needs one")
-    codes, _ = pd.factorize(df[spec.study_col], sort=False)
+    codes, uniq = pd.factorize(df[spec.study_col], sort=False)
+    missing = np.flatnonzero(codes < 0)            # no study id: each such image is a study of its own
+    codes[missing] = len(uniq) + np.arange(len(missing))
     order = np.argsort(codes, kind="stable")
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     return np.split(order, bounds)

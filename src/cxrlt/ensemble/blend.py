@@ -19,8 +19,8 @@ from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
-from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, intact, project_path, remove_stale_tmp, stamps, to_json, write_text
+from cxrlt.experiment import experiment_dir, experiment_path
+from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.runtime import is_main_process
@@ -28,8 +28,7 @@ from cxrlt.runtime import is_main_process
 
 def member_dir(name: str) -> Path:
     """A member is an experiment name (experiments/<name>/) or a path to an experiment folder."""
-    p = project_path(name)
-    return p if p.is_dir() and (p / "oof.csv").is_file() else project_path("experiments") / name
+    return experiment_path(name)
 
 
 def load_members(members, labels, id_col, split: str):
@@ -191,10 +190,12 @@ def _route(cfg, spec, train, members, out, force) -> dict:
     names, id_col = list(spec.labels), spec.id_col
     views = {m: _member_views(m) for m in members}
     files = {s: f for s, f in (("oof", "oof.csv"), ("test", "test.csv"), ("dev", "development.csv"))}
-    inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in files.values()
-                     if (member_dir(m) / f).is_file()})
+    inputs = stamps({**{f"{m}/{f}": member_dir(m) / f for m in members for f in files.values()
+                        if (member_dir(m) / f).is_file()},
+                     **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     settings = dict(members=members, mode="route", views={m: v for m, v in views.items()},
-                    study_aggregation=bool(cfg.predict.study_aggregation))
+                    study_aggregation=bool(cfg.predict.study_aggregation), view_weights=dict(cfg.predict.view_weights),
+                    other_view_weight=float(cfg.predict.other_view_weight))
     if (out / "metrics.json").is_file() and not force:
         old = json.loads((out / "metrics.json").read_text())
         if old.get("inputs") == inputs and old.get("settings") == settings and intact(old.get("outputs"), out):

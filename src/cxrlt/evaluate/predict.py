@@ -46,8 +46,9 @@ def _checkpoints(cfg: Config) -> dict:
     out = {}
     for k in range(int(cfg.folds.k)):
         p = best_checkpoint(cfg, k)
-        if not p.is_file():
-            raise CxrltError(f"fold {k} has no checkpoint {display_path(p)}; train it with "
+        if not p.is_file() or not (p.parent / "done.json").is_file():   # a fold still training is not a model
+            what = "no checkpoint" if not p.is_file() else "not finished (no done.json beside"
+            raise CxrltError(f"fold {k}: {what} {display_path(p)}{')' if p.is_file() else ''}; train it with "
                              f"{rerun_hint(cfg, '03_train.py', '--fold', str(k))}")
         out[k] = p
     return out
@@ -267,8 +268,10 @@ def _full_fit(cfg, spec) -> dict | None:
         raise CxrltError(f"predict.use_full_fit must be one of {', '.join(USE_FULL)}, not '{use}'")
     if use == "none":
         return None
+    if (cfg.get("stage2") or {}).get("from"):
+        raise CxrltError(f"predict.use_full_fit={use}: a second stage has no full-data fit; set it to none")
     path = best_checkpoint(cfg, FULL)
-    if not path.is_file():
+    if not path.is_file() or not (path.parent / "done.json").is_file():   # a full fit still training is not one
         raise CxrltError(f"predict.use_full_fit={use}: no full-data fit {display_path(path)}; train it with "
                          + rerun_hint(cfg, "03_train.py", "--full"))
     if cfg.predict.oof_normalise != "none":

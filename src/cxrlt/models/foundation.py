@@ -126,8 +126,8 @@ def create_foundation(mcfg, kw: dict, image_size: int | None) -> tuple[torch.nn.
 
         grid = net.patch_embed.grid_size
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], list(grid), num_prefix_tokens=1)
-        mean = float(sum(pre.get("image_mean", [0.485])) / len(pre.get("image_mean", [0.485])))
-        std = float(sum(pre.get("image_std", [0.229])) / len(pre.get("image_std", [0.229])))
+        im_mean, im_std = pre.get("image_mean", [0.485, 0.456, 0.406]), pre.get("image_std", [0.229, 0.224, 0.225])
+        mean, std = float(sum(im_mean) / len(im_mean)), float(sum(im_std) / len(im_std))   # ImageNet's without one
     else:
         raise CxrltError(f"model.pretrained_format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -39,17 +39,29 @@ def match_labels(source: list[str], target: list[str]) -> dict[int, int]:
 
 
 def source_checkpoint(init_from: str) -> Path:
-    """A checkpoint file, or an experiment (name under experiments/ or folder): its full-data fit
-    (`full/best.pt`) when it has one, else fold 0's best.pt."""
+    """A checkpoint file, or an experiment (name under experiments/ or folder): its finished
+    full-data fit (`full/best.pt` with `done.json`) when it has one, else its finished fold 0."""
     p = project_path(init_from)
-    cands = [p] if p.suffix in (".pt", ".pth") else []
+    if p.is_file():
+        return p
     for d in ([p] if p.is_dir() else []) + [project_path("experiments") / init_from]:
-        cands += [d / "full" / "best.pt", d / "fold0" / "best.pt"]
-    for c in cands:
-        if c.is_file():
-            return c
-    raise CxrltError(f"model.init_from '{init_from}': no checkpoint file, and no experiment with full/best.pt or "
-                     f"fold0/best.pt")
+        for c in (d / "full" / "best.pt", d / "fold0" / "best.pt"):
+            if c.is_file() and (c.parent / "done.json").is_file():   # never a model still training
+                return c
+    raise CxrltError(f"model.init_from '{init_from}': no checkpoint file, and no experiment with a finished full "
+                     f"fit or fold 0 (full/ or fold0/ with best.pt and done.json)")
+
+
+def source(init_from: str) -> tuple[Path, dict, dict]:
+    """(path, checkpoint, arch record) of the model a run starts from."""
+    from cxrlt.models.checkpoint import arch_of_checkpoint, load
+
+    path = source_checkpoint(init_from)
+    ck = load(path)
+    arch = arch_of_checkpoint(ck)
+    if not arch or arch.get("kind") != "image":
+        raise CxrltError(f"model.init_from {display_path(path)}: not a first-stage image model")
+    return path, ck, arch
 
 
 def head_prefix(net) -> str:
@@ -63,17 +75,13 @@ def head_prefix(net) -> str:
     raise CxrltError("model.init_from: cannot find the model's classifier")
 
 
-def init_from(net, init: str, mcfg, labels: list[str], image_size: int) -> dict:
-    """Load the backbone of `init`'s checkpoint into `net` and the matching classifier rows; the
-    report says which classes were carried (target <- source) and which start fresh."""
-    from cxrlt.models.checkpoint import arch_of_checkpoint, load
-
-    path = source_checkpoint(init)
-    ck = load(path)
-    arch = arch_of_checkpoint(ck)
+def init_from(net, init, mcfg, labels: list[str], image_size: int) -> dict:
+    """Load the backbone of `init`'s checkpoint (a name/path, or `source()`'s triple) into `net` and
+    the matching classifier rows, and give `net` the source's input statistics (a converted
+    foundation model's own scaling carries on); the report says which classes were carried
+    (target <- source) and which start fresh. Build `net` with the source's `timm_kwargs`."""
+    path, ck, arch = source(init) if isinstance(init, str) else init
     where = f"model.init_from {display_path(path)}"
-    if not arch or arch.get("kind") != "image":
-        raise CxrltError(f"{where}: not a first-stage image model")
     m = arch["model"]
     want = dict(name=mcfg.name, in_chans=int(mcfg.in_chans), head=mcfg.get("head", "linear"), image_size=int(image_size))
     have = dict(name=m.get("name"), in_chans=int(m.get("in_chans", 1)), head=m.get("head", "linear"),
@@ -101,6 +109,8 @@ def init_from(net, init: str, mcfg, labels: list[str], image_size: int) -> dict:
                              f"{tuple(t.shape)}")
     with torch.no_grad():
         net.load_state_dict(new)
+    net.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}, mean=(float(arch["mean"]),),
+                              std=(float(arch["std"]),))
     carried = [(labels[j], src_labels[i]) for j, i in sorted(rows.items())]
     return dict(source=display_path(path), carried=carried,
                 fresh=[n for j, n in enumerate(labels) if j not in rows], source_init=ck.get("init", "unknown"))

@@ -9,9 +9,10 @@
 - `GET /api/info`: the experiment, its labels and models.
 A bad file is HTTP 4xx with {"error": "..."} and the server goes on serving.
 
-Uploads to the API are parsed in memory (multipart parts are never spooled to disk); uploads of
-the page go through Gradio's upload store, which `serve()` puts in shared memory (/dev/shm when it
-exists) and empties after each answer.
+Uploads to the API are parsed in memory (multipart parts are never spooled to disk; a request
+without a Content-Length is refused); uploads of the page go through Gradio's upload store, which
+`serve()` puts in shared memory (/dev/shm when it exists) and which drops files after 10 minutes.
+Only files uploaded to the page can be named through it (Gradio's check, switched on here).
 """
 from __future__ import annotations
 
@@ -54,7 +55,10 @@ def build_app(predictor: Predictor):
     app = FastAPI(title=f"cxrlt: {predictor.name}")
 
     async def _uploads(request: Request):
-        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
+        size = request.headers.get("content-length")
+        if size is None:      # a chunked body could be of any size: refuse rather than count on trust
+            raise InputError("send the upload with a Content-Length (no chunked transfer)", 411)
+        if int(size) > MAX_UPLOAD:
             raise InputError(f"request over {MAX_UPLOAD // 2**20} MB", 413)
         try:
             form = await request.form(max_files=64, max_part_size=MAX_UPLOAD)
@@ -89,7 +93,11 @@ def build_app(predictor: Predictor):
         img = await run_in_threadpool(predictor.heatmap, files, str(form.get("label") or ""), views)
         return Response(_png(img), media_type="image/png")
 
-    gr.mount_gradio_app(app, page(predictor), path="/")
+    ui = page(predictor)
+    # Gradio checks that a file a client names was uploaded to it only once its app "has launched";
+    # mounted on FastAPI it never is, and any server file could be read through the page's API
+    ui.has_launched = True
+    gr.mount_gradio_app(app, ui, path="/")
     return app
 
 
@@ -107,8 +115,10 @@ def page(predictor: Predictor):
         out = []
         for f in files or []:
             p = Path(f if isinstance(f, str) else getattr(f, "name", f))
-            out.append((p.name, p.read_bytes()))
-            p.unlink(missing_ok=True)              # the upload store keeps nothing once read
+            try:
+                out.append((p.name, p.read_bytes()))
+            except OSError:
+                raise InputError(f"{p.name}: the upload has expired; upload it again") from None
         return out
 
     def run(files, views):
@@ -132,7 +142,8 @@ def page(predictor: Predictor):
         except InputError:
             return None
 
-    with gr.Blocks(title=f"cxrlt: {predictor.name}", analytics_enabled=False) as ui:
+    # uploads older than 10 minutes are deleted from the upload store (checked every 5 minutes)
+    with gr.Blocks(title=f"cxrlt: {predictor.name}", analytics_enabled=False, delete_cache=(300, 600)) as ui:
         gr.Markdown(f"## {predictor.name}: chest X-ray findings\nUpload the films of one study (PNG, JPEG or "
                     f"DICOM). {predictor.n_models} model(s), {len(predictor.labels)} findings. A research tool, "
                     "not a diagnosis.")

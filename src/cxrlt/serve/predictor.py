@@ -29,7 +29,8 @@ import torch
 from cxrlt.config import Config, load_yaml
 from cxrlt.data.images import MAX_PIXELS, decode_gray, resize_square
 from cxrlt.errors import CxrltError
-from cxrlt.evaluate.predictions import aggregate_studies, route_rows
+from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, route_rows
+from cxrlt.experiment import experiment_path
 from cxrlt.fileio import display_path, project_path
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.heads import to_tokens
@@ -67,20 +68,37 @@ class _Member:
 
     def __init__(self, folder: Path, folds, device):
         self.dir = folder
-        cfg_file = folder / "config.yaml"
-        self.cfg = Config(load_yaml(cfg_file.read_text())) if cfg_file.is_file() else None
-        paths = sorted(folder.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
+        # the prediction settings stage 04 used (predict_config.yaml), else the training recipe's
+        cfg_file = next((f for f in (folder / "predict_config.yaml", folder / "config.yaml") if f.is_file()), None)
+        self.cfg = Config(load_yaml(cfg_file.read_text())) if cfg_file else None
+        pc = (self.cfg or {}).get("predict") or {}
+        done = sorted(folder.glob("fold*/done.json"), key=lambda p: int(p.parent.name[4:]))
+        paths = [d.parent / "best.pt" for d in done if (d.parent / "best.pt").is_file()]  # finished folds only
         if folds is not None:
             paths = [p for p in paths if int(p.parent.name[4:]) in set(folds)]
+        use_full = pc.get("use_full_fit", "none")
+        if use_full != "none":
+            full = folder / "full"
+            if not (full / "done.json").is_file():
+                raise CxrltError(f"{display_path(folder)}: predict.use_full_fit={use_full} but its full-data fit is "
+                                 f"not finished (no {display_path(full / 'done.json')})")
+            paths = ([] if use_full == "alone" else paths) + [full / "best.pt"]
         if not paths:
-            raise CxrltError(f"{display_path(folder)}: no fold<k>/best.pt to serve (train it first)")
+            raise CxrltError(f"{display_path(folder)}: no finished fold<k>/best.pt to serve (train it first)")
         self.models = []
         for p in paths:
             ck = load(p)
             net, arch = load_model(ck)
             self.models.append((net.to(device).eval(), arch))
         self.arch = self.models[0][1]
-        pc = (self.cfg or {}).get("predict") or {}
+        gate, labels = pc.get("normal_gating"), list(self.arch["labels"])
+        self.gate = None
+        if gate is not None and self.cfg is not None:    # the preset's normal class, as stage 04 gates
+            from cxrlt.data.datasets import resolve_dataset
+
+            spec = resolve_dataset(self.cfg.data)
+            if spec.normal_label in labels:
+                self.gate = (labels.index(spec.normal_label), [labels.index(x) for x in spec.normal_allows], float(gate))
         self.views = parse_views(pc.get("tta", "hflip"))
         self.tta_mean = pc.get("tta_mean", "prob")
         self.study_aggregation = bool(pc.get("study_aggregation", True))
@@ -114,10 +132,11 @@ class _Member:
             else:
                 logits = [net(*to_input(x, v)).float().cpu() for v in ["none", *self.views]]
                 probs = combine_tta(logits[0], logits[1:] or None, self.tta_mean).numpy()
-                if self.study_aggregation and len(films) > 1:
-                    probs = aggregate_studies(probs, ["study"] * len(films), views, self.view_weights, self.other_weight)
                 out.append(probs)
-        return np.mean(out, 0)
+        probs = np.mean(out, 0)      # as stage 04: mean over the models, then aggregation, then gating
+        if self.study_aggregation and len(films) > 1 and self.arch["kind"] != "study_fusion":
+            probs = aggregate_studies(probs, ["study"] * len(films), views, self.view_weights, self.other_weight)
+        return normal_gating(probs, *self.gate) if self.gate else probs
 
     def gradcam(self, film: np.ndarray, others: list[np.ndarray], views, c: int, device) -> np.ndarray:
         """Grad-CAM map (h, w), >= 0, of class c on `film`, mean over fold models."""
@@ -195,8 +214,7 @@ class Predictor:
         self.n_models = sum(len(m.models) for m, _ in self.members)
 
     def _member_dir(self, name: str) -> Path:
-        p = project_path(name) if "/" in name else self.dir.parent / name
-        return p
+        return experiment_path(name)
 
     def _read(self, name: str) -> dict:
         p = self.dir / name

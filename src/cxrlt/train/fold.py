@@ -35,7 +35,7 @@ from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import arch_record, create_model, input_stats
-from cxrlt.models.transfer import init_from
+from cxrlt.models.transfer import init_from, source
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
@@ -127,10 +127,14 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     set_seed(base_seed)
 
     init = cfg.model.get("init_from")
+    src = source(init) if init else None      # built like the source model (a converted ViT's shape)
     net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names),
-                       image_size=int(cfg.cache.size))
-    if init and not last_checkpoint(cfg, fold).is_file():   # a resumed fold restores its own weights
-        rep = init_from(net, init, cfg.model, names, int(cfg.cache.size))
+                       image_size=int(cfg.cache.size), timm_kwargs=src[2]["model"].get("timm_kwargs") if src else None)
+    if init:       # input statistics from the source even on resume (a resumed fold restores its weights)
+        net.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}, mean=(float(src[2]["mean"]),),
+                                  std=(float(src[2]["std"]),))
+    if init and not last_checkpoint(cfg, fold).is_file():
+        rep = init_from(net, src, cfg.model, names, int(cfg.cache.size))
         net.init_source = f"init_from:{rep['source']}"
         if main:
             print(f"fold {fold}: initialised from {rep['source']}: {len(rep['carried'])} of {len(names)} classes "

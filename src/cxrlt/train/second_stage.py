@@ -331,7 +331,9 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
         epochs * batches * accelerator.num_processes, 0, float(cfg.train.min_lr_ratio)))
     model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     criterion = build_loss(cfg.loss, counts, n_items, epochs).to(accelerator.device)
-    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, module, None, optimizer,
+    # last.pt also records the backbone it was trained on: resuming over a retrained first-stage fold is refused
+    resume_fp = dict(fp, backbone=list(stamps({"b": first_stage_dir(cfg) / f"fold{fold}" / "best.pt"})["b"]))
+    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), resume_fp, module, None, optimizer,
                             scheduler, accelerator.scaler, ck["mean"], ck["std"], cfg.to_dict(), arch=arch2,
                             best_state=lambda: full.state_dict())
     saver.init = f"{ck.get('init', 'unknown')} + {s2.method}"
