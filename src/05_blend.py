@@ -11,7 +11,10 @@ def main():
     if r["skipped"]:
         print(f"{display_path(r['dir'])}: blend is up to date with its members; --force redoes it")
     for m, v in r["members"].items():
-        print(f"  member {m}: OOF mAP {v:.4f}, weight {r['weights'][m]:.3f}")
+        if r["mode"] == "route":
+            print(f"  member {m} ({r['views'][m]}): answers {r['routed'][m]} images, OOF mAP on them {v:.4f}")
+        else:
+            print(f"  member {m}: OOF mAP {v:.4f}, weight {r['weights'][m]:.3f}")
     print(f"blend ({r['mode']}): OOF mAP {r['mAP']:.4f} (fitted), {r['mAP_honest']:.4f} (honest: weights from the "
           f"other folds); mAUC {r['mAUC']:.4f}")
     print(f"wrote {display_path(r['dir'])}/: oof.csv, test.csv, metrics.json, weights.json")

@@ -237,8 +237,11 @@ def _route(cfg, spec, train, members, out, force) -> dict:
     p = read_predictions(out / "oof.csv", names, id_col, ids=ids)[names].to_numpy()
     result = evaluate(y, p, names, y.sum(0), len(y))
     result.update(mode="route", routed={m: int((pick == i).sum()) for i, m in enumerate(members)},
-                  members={m: v or "all" for m, v in views.items()}, mAP_honest=result["mAP"], inputs=inputs,
-                  settings=settings, weights={m: 1.0 for m in members})
+                  views={m: v or "all" for m, v in views.items()}, mAP_honest=result["mAP"], inputs=inputs,
+                  settings=settings, weights={m: 1.0 for m in members},
+                  # each member's mAP on the images it answered (NaN: none)
+                  members={m: _map(y[pick == i], p[pick == i]) if (pick == i).any() else float("nan")
+                           for i, m in enumerate(members)})
     if spec.view_col and spec.view_col in train.columns:
         result["by_view"] = view_figures(y, p, view_groups(train[spec.view_col]), names, y.sum(0), len(y), folds=fold)
     for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
@@ -250,7 +253,7 @@ def _route(cfg, spec, train, members, out, force) -> dict:
         if r is not None:
             write_predictions(out / fname, r[0], r[1], names, id_col)
     save_resolved(cfg, out / "config.yaml")
-    write_text(out / "weights.json", to_json(dict(mode="route", weights=result["weights"], views=result["members"]),
+    write_text(out / "weights.json", to_json(dict(mode="route", weights=result["weights"], views=result["views"]),
                                               indent=1))
     result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
                                 if (out / f).is_file()})
