@@ -29,6 +29,7 @@ def make_experiment(work: Path, model: str, size: int, folds: int) -> Path:
         mean, std = input_stats(net)
         save(dict(model=net.state_dict(), arch=arch_record(cfg.model, LABELS_2023, size, "stretch", mean, std),
                   mean=mean, std=std), exp / f"fold{k}" / "best.pt")
+        (exp / f"fold{k}" / "done.json").write_text("{}")     # a finished fold (the server serves no other)
     save_resolved(cfg, exp / "config.yaml")
     return exp
 
@@ -77,7 +78,11 @@ def main():
                     x = m.batch([film], arch, pred.device)
                     f = image_input(arch["mean"], arch["std"], False)
                     for v in views:
-                        net(*f(x, v))
+                        if arch["kind"] == "study_fusion":     # a study of one film
+                            one = torch.ones(1, 1, dtype=torch.bool)
+                            net(f(x, v)[0][None], torch.zeros(1, 1, dtype=torch.long), one)
+                        else:
+                            net(*f(x, v))
         bare = (time.perf_counter() - t) / a.repeats
     t = time.perf_counter()
     for _ in range(max(1, a.repeats // 4)):
