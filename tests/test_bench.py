@@ -18,3 +18,12 @@ def test_bench_runs_on_cpu(script, ratio):
     m = re.search(ratio, r.stdout)
     assert m and float(m.group(1)) > 0, r.stdout
     assert "device: CPU" in r.stdout
+
+
+def test_serve_latency_bench_runs_on_cpu():
+    pytest.importorskip("gradio")
+    r = subprocess.run([sys.executable, "bench/serve_latency.py", "--size", "32", "--film-size", "256", "--repeats", "2",
+                        "--folds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(r"ratio (\d+\.\d+)x", r.stdout)
+    assert m and float(m.group(1)) > 0 and "2 fold model(s)" in r.stdout, r.stdout
