@@ -54,6 +54,12 @@ def full_assignment(ids) -> str:
     return "full:" + assignment_hash(ids, [0] * len(ids))
 
 
+def current_full_assignment(cfg, spec=None) -> str:
+    """The full-data fit's assignment for the training CSV as it is now (the recipe's views only)."""
+    spec = spec or resolve_dataset(cfg.data)
+    return full_assignment(view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col])
+
+
 def current_assignment(cfg, spec=None) -> str:
     """The assignment hash of the folds file as it is now (no image-cache check: cheap)."""
     spec = spec or resolve_dataset(cfg.data)

@@ -25,7 +25,7 @@ from cxrlt.config import Config, rerun_hint, save_resolved
 from cxrlt.data.datasets import read_split, resolve_dataset
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
-from cxrlt.data.splits import current_assignment, full_assignment, training_data, view_rows
+from cxrlt.data.splits import current_assignment, current_full_assignment, training_data
 from cxrlt.data.studies import study_groups, view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
@@ -278,8 +278,7 @@ def _full_fit(cfg, spec) -> dict | None:
         raise CxrltError(f"predict.use_full_fit={use} with predict.oof_normalise={cfg.predict.oof_normalise}: the "
                          f"full-data fit has no OOF scores to fit its normalisation on")
     ck = load(path)
-    ids = view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col]
-    check_fingerprint(ck["fingerprint"], fingerprint(cfg, spec, full_assignment(ids)), path,
+    check_fingerprint(ck["fingerprint"], fingerprint(cfg, spec, current_full_assignment(cfg, spec)), path,
                       "retrain it: " + rerun_hint(cfg, "03_train.py", "--full", "--force"))
     return ck
 

@@ -75,6 +75,12 @@ def head_prefix(net) -> str:
     raise CxrltError("model.init_from: cannot find the model's classifier")
 
 
+def use_input_stats(net, arch: dict) -> None:
+    """Give `net` the input mean/std of the model it starts from (models.factory.input_stats reads them)."""
+    net.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}, mean=(float(arch["mean"]),),
+                              std=(float(arch["std"]),))
+
+
 def init_from(net, init, mcfg, labels: list[str], image_size: int) -> dict:
     """Load the backbone of `init`'s checkpoint (a name/path, or `source()`'s triple) into `net` and
     the matching classifier rows, and give `net` the source's input statistics (a converted
@@ -109,8 +115,7 @@ def init_from(net, init, mcfg, labels: list[str], image_size: int) -> dict:
                              f"{tuple(t.shape)}")
     with torch.no_grad():
         net.load_state_dict(new)
-    net.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}, mean=(float(arch["mean"]),),
-                              std=(float(arch["std"]),))
+    use_input_stats(net, arch)
     carried = [(labels[j], src_labels[i]) for j, i in sorted(rows.items())]
     return dict(source=display_path(path), carried=carried,
                 fresh=[n for j, n in enumerate(labels) if j not in rows], source_init=ck.get("init", "unknown"))

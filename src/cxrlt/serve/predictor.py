@@ -28,6 +28,7 @@ import torch
 
 from cxrlt.config import Config, load_yaml
 from cxrlt.data.images import MAX_PIXELS, decode_gray, resize_square
+from cxrlt.data.studies import view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, route_rows
 from cxrlt.experiment import experiment_path
@@ -166,8 +167,8 @@ class _Member:
 
 
 def _kinds(views, arch) -> torch.Tensor:
-    vocab = {v: i + 1 for i, v in enumerate(arch.get("view_kinds") or [])}
-    return torch.tensor([[vocab.get(str(v or "").strip().upper(), 0) for v in views]], dtype=torch.long)
+    """(1, V) view kinds of a study's films, as the fusion model was trained (data.studies)."""
+    return torch.from_numpy(view_kinds(views, arch.get("view_kinds") or []))[None]
 
 
 def _as_map(feats: torch.Tensor, net) -> torch.Tensor:

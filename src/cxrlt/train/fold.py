@@ -19,7 +19,7 @@ import torch
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import resolve_dataset
 from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
-from cxrlt.data.splits import assignment_hash, current_assignment, full_assignment, training_data, view_rows
+from cxrlt.data.splits import assignment_hash, current_assignment, current_full_assignment, full_assignment, training_data
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import (
     FULL,
@@ -35,7 +35,7 @@ from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import arch_record, create_model, input_stats
-from cxrlt.models.transfer import init_from, source
+from cxrlt.models.transfer import init_from, source, use_input_stats
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
@@ -73,11 +73,7 @@ def full_fit_epochs(cfg: Config) -> int:
 def _assignment(cfg, spec, fold, ids=None, fold_of=None) -> str:
     """What a checkpoint was trained without: the fold assignment, or `full:<ids>` for the full fit."""
     if fold == FULL:
-        if ids is None:
-            from cxrlt.data.datasets import read_split
-
-            ids = view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col]
-        return full_assignment(ids)
+        return current_full_assignment(cfg, spec) if ids is None else full_assignment(ids)
     return current_assignment(cfg, spec) if fold_of is None else assignment_hash(ids, fold_of)
 
 
@@ -131,8 +127,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names),
                        image_size=int(cfg.cache.size), timm_kwargs=src[2]["model"].get("timm_kwargs") if src else None)
     if init:       # input statistics from the source even on resume (a resumed fold restores its weights)
-        net.pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {}, mean=(float(src[2]["mean"]),),
-                                  std=(float(src[2]["std"]),))
+        use_input_stats(net, src[2])
     if init and not last_checkpoint(cfg, fold).is_file():
         rep = init_from(net, src, cfg.model, names, int(cfg.cache.size))
         net.init_source = f"init_from:{rep['source']}"

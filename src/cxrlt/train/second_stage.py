@@ -40,6 +40,7 @@ from cxrlt.experiment import (
     check_fingerprint,
     done_marker,
     experiment_dir,
+    experiment_path,
     fingerprint,
     fold_dir,
     last_checkpoint,
@@ -68,8 +69,7 @@ def is_second_stage(cfg) -> bool:
 
 def first_stage_dir(cfg) -> Path:
     """experiments/<stage2.from>, or the folder it names when it is a path."""
-    src = str(cfg.stage2["from"])
-    return project_path(src) if "/" in src else project_path("experiments") / src
+    return experiment_path(str(cfg.stage2["from"]))
 
 
 def _first_stage_hint(cfg, fold: int) -> str:
