@@ -50,7 +50,10 @@ def head_spec(mcfg) -> str:
     prefix = {"ml_decoder": "decoder_", "csra": "csra_"}.get(head)
     if prefix is None:
         return head
-    return f"{head}(" + ",".join(f"{k}={mcfg[k]}" for k in sorted(mcfg) if k.startswith(prefix)) + ")"
+    keys = [k for k in sorted(mcfg) if k.startswith(prefix)]
+    if head == "ml_decoder" and mcfg.get("class_queries", "learned") == "text":   # learned: as before text queries
+        keys += ["class_queries", "text_encoder", "prompt"]
+    return f"{head}(" + ",".join(f"{k}={mcfg[k]}" for k in keys) + ")"
 
 
 def fingerprint(cfg, spec, folds: str) -> dict:

@@ -81,3 +81,19 @@ def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dic
                 train_prevalence=float(train_positives[c] / n_train), group=groups[c])
         for c, n in enumerate(names)}
     return out
+
+
+def zero_shot_figures(y, p, names, trained_map: float | None = None) -> dict:
+    """AP of labels scored zero-shot (never trained on) beside chance: a random score's expected AP
+    is the label's prevalence in the scored set, so `chance` (their mean prevalence) is the bar
+    `mAP` must clear. Labels without a positive are left out of both means and named."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    ap, auc = per_class(y, p), per_class(y, p, roc_auc_score, need_negatives=True)
+    prev = y.mean(0) if len(y) else np.full(y.shape[1], np.nan)
+    scored = np.isfinite(ap)
+    labels = {n: dict(AP=float(ap[c]), AUC=float(auc[c]), prevalence=float(prev[c]), positives=int(y[:, c].sum()),
+                      AP_over_chance=float(ap[c] / prev[c]) if scored[c] else float("nan"))
+              for c, n in enumerate(names)}
+    return dict(labels=labels, mAP=_nanmean(ap), mAUC=_nanmean(auc), chance=_nanmean(np.where(scored, prev, np.nan)),
+                trained_mAP=trained_map, n_images=int(len(y)),
+                left_out=[n for c, n in enumerate(names) if not scored[c]])

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlt.data.labels import LABELS_2023, LABELS_2024, LABELS_2024_TASK2, LABELS_2026
+from cxrlt.data.labels import (
+    LABELS_2023,
+    LABELS_2024,
+    LABELS_2024_TASK2,
+    LABELS_2026,
+    ZERO_SHOT_2024_TASK3,
+    ZERO_SHOT_2026_TASK2,
+)
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 
@@ -37,6 +44,13 @@ class DatasetSpec:
     normal_label: str | None = None
     normal_allows: tuple[str, ...] = ()
     label_map: dict = field(default_factory=dict)
+    holdout_labels: tuple[str, ...] = ()       # dataset labels left out of training (`labels` lacks them)
+    zero_shot_labels: tuple[str, ...] = ()     # labels without a training column (a zero-shot preset's)
+    submission: tuple[str, ...] | None = None  # the submission's label columns; None = `labels`
+
+    @property
+    def submission_labels(self) -> tuple[str, ...]:
+        return self.submission if self.submission is not None else self.labels
 
     def csv(self, split: str) -> Path | None:
         return {"train": self.train_csv, "dev": self.dev_csv, "test": self.test_csv}[split]
@@ -60,11 +74,24 @@ PRESETS: dict[str, dict] = {
         dir="cxr-lt-2024", image_root="mimic-cxr-jpg", train_csv="train_labeled.csv",
         dev_csv="development.csv", test_csv="test_task2.csv", sample_submission=None,
         labels=LABELS_2024_TASK2, normal_label="Normal", normal_allows=["Support Devices"], **_MIMIC_2024),
+    # task 3: zero-shot findings on the 2024 test images; trained on the task-1 labels
+    "cxr-lt-2024-task3": dict(
+        dir="cxr-lt-2024", image_root="mimic-cxr-jpg", train_csv="train_labeled.csv",
+        dev_csv="development.csv", test_csv="test_task3.csv", sample_submission=None,
+        labels=LABELS_2024, normal_label="Normal", normal_allows=["Support Devices"],
+        zero_shot_labels=ZERO_SHOT_2024_TASK3, submission_labels=ZERO_SHOT_2024_TASK3, **_MIMIC_2024),
     "cxr-lt-2026": dict(
         dir="cxr-lt-2026", image_root="cxr-lt-2026/images", train_csv="CXRLT_2026_training.csv",
         dev_csv=None, test_csv="CXRLT_2026_TEST_ALL_TASK1.csv", sample_submission=None,
         id_col="ImageID", path_col="ImageID", patient_col="PatientID", study_col=None, view_col=None,
         labels=LABELS_2026, normal_label="Normal", normal_allows=["Support Devices"]),
+    # task 2: zero-shot findings on the 2026 test images; trained on the 30 PadChest labels
+    "cxr-lt-2026-task2": dict(
+        dir="cxr-lt-2026", image_root="cxr-lt-2026/images", train_csv="CXRLT_2026_training.csv",
+        dev_csv=None, test_csv="CXRLT_2026_TEST_ALL_TASK2.csv", sample_submission=None,
+        id_col="ImageID", path_col="ImageID", patient_col="PatientID", study_col=None, view_col=None,
+        labels=LABELS_2026, normal_label="Normal", normal_allows=["Support Devices"],
+        zero_shot_labels=ZERO_SHOT_2026_TASK2, submission_labels=ZERO_SHOT_2026_TASK2),
     "demo": dict(
         dir="demo", image_root="demo", train_csv="train.csv", dev_csv="development.csv",
         test_csv="test.csv", sample_submission="sample_submission.csv",
@@ -73,7 +100,7 @@ PRESETS: dict[str, dict] = {
 REQUIRED_CUSTOM = ("dir", "train_csv", "id_col", "path_col", "patient_col", "labels")
 _FIELDS = ("name", "dir", "image_root", "train_csv", "dev_csv", "test_csv", "sample_submission",
            "id_col", "path_col", "patient_col", "study_col", "view_col", "labels",
-           "normal_label", "normal_allows", "label_map")
+           "normal_label", "normal_allows", "label_map", "holdout_labels", "zero_shot_labels", "submission_labels")
 
 
 def resolve_dataset(data) -> DatasetSpec:
@@ -100,6 +127,16 @@ def resolve_dataset(data) -> DatasetSpec:
     labels = tuple(vals["labels"])
     if len(set(labels)) != len(labels):
         raise CxrltError("data.labels lists a label twice")
+    holdout = tuple(dict.fromkeys(vals.get("holdout_labels") or ()))
+    unknown = [x for x in holdout if x not in labels]
+    if unknown:
+        raise CxrltError(f"data.holdout_labels: '{unknown[0]}' is not one of the dataset's labels")
+    if len(holdout) >= len(labels):
+        raise CxrltError("data.holdout_labels holds out every label; nothing is left to train on")
+    submission = vals.get("submission_labels")
+    submission = tuple(submission) if submission else None
+    zero_shot = tuple(x for x in dict.fromkeys(vals.get("zero_shot_labels") or ()) if x not in labels)
+    labels = tuple(x for x in labels if x not in holdout)   # never trained on; their CSV columns stay
     normal = vals.get("normal_label")
     if normal is not None and normal not in labels:
         normal = None  # e.g. a custom label set without a normal class
@@ -114,6 +151,7 @@ def resolve_dataset(data) -> DatasetSpec:
         normal_label=normal,
         normal_allows=tuple(x for x in (vals.get("normal_allows") or ()) if x in labels),
         label_map={str(k): int(v) for k, v in (vals.get("label_map") or {}).items()},
+        holdout_labels=holdout, zero_shot_labels=zero_shot, submission=submission,
     )
 
 
@@ -162,12 +200,14 @@ def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFr
                          f"(rows {', '.join(map(str, rows))}); {int(ids[dup].nunique())} ids are duplicated")
     if labels != "none" and has_labels:
         df = _check_labels(df, spec, shown)
+    if labels != "none":   # held-out and zero-shot labels, where the CSV has them (scored, never trained on)
+        df = _check_labels(df, spec, shown, [c for c in (*spec.holdout_labels, *spec.zero_shot_labels) if c in df.columns])
     return df
 
 
-def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str) -> pd.DataFrame:
+def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) -> pd.DataFrame:
     df = df.copy()
-    for col in spec.labels:
+    for col in spec.labels if cols is None else cols:
         raw = df[col].str.strip()
         val = raw.map(lambda s: spec.label_map.get(s, s))
         num = pd.to_numeric(val, errors="coerce")

@@ -15,7 +15,7 @@ from cxrlt.errors import CxrltError
 
 def make_folds(df: pd.DataFrame, spec: DatasetSpec, k: int = 5, seed: int = 42) -> pd.DataFrame:
     """DataFrame [id, fold] in the row order of df."""
-    labels = list(spec.labels)
+    labels = [*spec.labels, *spec.holdout_labels]   # held-out labels spread too: stage 04 scores them on OOF
     patients = df.groupby(spec.patient_col, sort=True)[labels].max()
     if len(patients) < 2 * k:
         raise CxrltError(f"folds.k={k}: the training CSV has only {len(patients)} patients; each fold needs at "

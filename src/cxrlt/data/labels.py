@@ -39,6 +39,11 @@ LABELS_2026 = [
     "sternotomy", "calcified densities",
 ]
 
+# Zero-shot findings, no training labels, in submission order: CXR-LT 2024 task 3 (MIMIC-CXR test
+# images) and CXR-LT 2026 task 2 (the 2026 PadChest test images).
+ZERO_SHOT_2024_TASK3 = ["Bulla", "Cardiomyopathy", "Hilum", "Osteopenia", "Scoliosis"]
+ZERO_SHOT_2026_TASK2 = ["Scoliosis", "Osteopenia", "Bulla", "Infarction", "Adenopathy", "Goiter"]
+
 assert len(LABELS_2023) == len(COUNTS_2023) == 26
 assert len(LABELS_2024) == 40 and len(LABELS_2024_TASK2) == 26 and len(LABELS_2026) == 30
 

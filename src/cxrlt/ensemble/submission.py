@@ -1,7 +1,8 @@
 """Stage 07: the leaderboard file (DESIGN.md section 6), validated before anything is written.
 
 `submissions/<name>.csv` and `<name>.zip` (the CSV alone at the zip root): the id column and the
-preset's labels in order, rows in sample_submission.csv order (else test CSV order), every test id
+preset's submission labels in order (its labels; a zero-shot preset's findings, e.g. the 5 of
+cxr-lt-2024-task3, scored as extra columns of test.csv by stage 04), rows in sample_submission.csv order (else test CSV order), every test id
 once, no NaN, values in [0, 1]. Probabilities by default (what mAP scores); `binary` writes 0/1
 with the tuned thresholds, for leaderboards that score F1. Every check is linear in the rows (sets
 built once), and a file that cannot be read at all (empty, binary, a broken zip) is one line too.
@@ -42,7 +43,8 @@ def expected_ids(spec) -> list[str]:
 
 def validate(df: pd.DataFrame, spec, ids: list[str], source: str = "submission", binary: bool = False) -> None:
     """Raise CxrltError with one line saying why a leaderboard would reject this table."""
-    cols = [spec.id_col, *spec.labels]
+    labels = list(spec.submission_labels)
+    cols = [spec.id_col, *labels]
     if list(df.columns) != cols:
         if set(df.columns) == set(cols):
             raise CxrltError(f"{source}: columns are in the wrong order (expected {spec.id_col}, then the labels in "
@@ -64,16 +66,16 @@ def validate(df: pd.DataFrame, spec, ids: list[str], source: str = "submission",
         raise CxrltError(f"{source}: {len(extra)} ids are not in the test set, e.g. '{extra[0]}'")
     if got.tolist() != list(ids):
         raise CxrltError(f"{source}: rows are not in the order of the sample submission / test CSV")
-    values = df[list(spec.labels)].apply(pd.to_numeric, errors="coerce")
+    values = df[labels].apply(pd.to_numeric, errors="coerce")
     bad = values.isna().to_numpy()
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise CxrltError(f"{source}: NaN or non-numeric value at row {r + 2}, column '{spec.labels[c]}'")
+        raise CxrltError(f"{source}: NaN or non-numeric value at row {r + 2}, column '{labels[c]}'")
     v = values.to_numpy()
     out = (v < 0) | (v > 1)
     if out.any():
         r, c = np.argwhere(out)[0]
-        raise CxrltError(f"{source}: value {v[r, c]} at row {r + 2}, column '{spec.labels[c]}' is outside [0, 1]")
+        raise CxrltError(f"{source}: value {v[r, c]} at row {r + 2}, column '{labels[c]}' is outside [0, 1]")
     if binary and not np.isin(v, (0, 1)).all():
         raise CxrltError(f"{source}: --binary expects only 0 and 1")
 
@@ -157,14 +159,24 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
     if got.duplicated().any() or set(got) != set(ids):
         raise CxrltError(f"{display_path(src)}: its ids are not the test set's ({len(set(ids) - set(got))} missing, "
                          f"{len(set(got) - set(ids))} extra); re-run src/04_predict.py")
-    sub = pred.set_index(spec.id_col).loc[ids].reset_index()[[spec.id_col, *spec.labels]]
+    labels = list(spec.submission_labels)
+    absent = [c for c in labels if c not in pred.columns]
+    if absent:
+        raise CxrltError(f"{display_path(src)}: no column '{absent[0]}' ({len(absent)} submission labels missing); "
+                         f"zero-shot labels need stage 04 of a model.class_queries=text recipe: "
+                         f"{rerun_hint(cfg, '04_predict.py', '--force')}")
+    sub = pred.set_index(spec.id_col).loc[ids].reset_index()[[spec.id_col, *labels]]
     if binary:
         tfile = exp / "thresholds.json"
         if not tfile.is_file():
             raise CxrltError(f"{display_path(tfile)} not found: run {rerun_hint(cfg, '06_thresholds.py')} first, "
                              f"or drop --binary")
         t = json.loads(tfile.read_text())["thresholds"]
-        sub[list(spec.labels)] = (sub[list(spec.labels)].to_numpy() >= np.array([t[c] for c in spec.labels])).astype(int)
+        untuned = [c for c in labels if c not in t]
+        if untuned:   # thresholds are tuned on OOF labels, which a zero-shot finding does not have
+            raise CxrltError(f"{display_path(tfile)}: no threshold for '{untuned[0]}' (a label without OOF labels, "
+                             f"e.g. zero-shot); submit probabilities (drop --binary)")
+        sub[labels] = (sub[labels].to_numpy() >= np.array([t[c] for c in labels])).astype(int)
     validate(sub, spec, ids, source="submission", binary=binary)
     name = name or cfg.submission.name or (cfg.name + ("_binary" if binary else ""))
     folder = project_path(cfg.submission.dir)

@@ -11,6 +11,12 @@ are averaged over folds. metrics.json reports the pooled OOF figures beside the 
 per-fold figures, a drift warning (evaluate.validation), figures per view group, the development
 figures apart, and each variant against the final one with a patient-bootstrap interval. Writes
 experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
+
+Zero-shot labels (`zero_shot_names`: data.holdout_labels, a zero-shot preset's findings,
+predict.zero_shot_labels) are scored by text-query models from their label embeddings alone: their
+columns follow the trained ones in every CSV (so blends and thresholds read the trained columns as
+before), and metrics.json's `zero_shot` gives their AP beside chance (prevalence) wherever the
+scored CSV has their labels; the trained classes' figures are unchanged by them.
 """
 from __future__ import annotations
 
@@ -35,9 +41,11 @@ from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fo
 from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
-from cxrlt.metrics import evaluate, map_score
+from cxrlt.metrics import evaluate, map_score, zero_shot_figures
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input
+from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
+from cxrlt.models.text import add_labels
 from cxrlt.runtime import is_main_process, make_accelerator
 
 
@@ -89,6 +97,28 @@ def _check_settings(pc, spec):
     return views, (names.index(spec.normal_label), [names.index(x) for x in spec.normal_allows], float(alpha))
 
 
+def zero_shot_names(cfg, spec) -> list[str]:
+    """Labels to score without training: data.holdout_labels, then the preset's zero-shot findings,
+    then predict.zero_shot_labels (each once); a trained label asked for is a one-line error."""
+    asked = cfg.predict.get("zero_shot_labels") or []
+    if not isinstance(asked, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in asked):
+        raise CxrltError(f"predict.zero_shot_labels must be a list of label names, not {asked!r}")
+    trained = [x for x in asked if x in spec.labels]
+    if trained:
+        raise CxrltError(f"predict.zero_shot_labels: '{trained[0]}' is a trained label of this recipe (it is scored "
+                         f"anyway); list only labels the models never trained on")
+    return list(dict.fromkeys([*spec.holdout_labels, *spec.zero_shot_labels, *asked]))
+
+
+def _zero_shot_block(df, probs: np.ndarray, zs: list[str], trained_map) -> dict | None:
+    """metrics.json's zero-shot figures for the zero-shot labels whose columns `df` has."""
+    have = [i for i, x in enumerate(zs) if x in df.columns]
+    if not have:
+        return None
+    y = df[[zs[i] for i in have]].apply(lambda c: c.astype(float)).to_numpy()
+    return zero_shot_figures(y, probs[:, have], [zs[i] for i in have], trained_map)
+
+
 def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
     """Study aggregation (when asked for and possible), then normal gating (when set)."""
     agg = _aggregate(cfg, spec, df, probs)
@@ -138,6 +168,8 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
             return dict(old, skipped=True, dir=out)
     spec, train_df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
+    zs = zero_shot_names(cfg, spec)
+    C, all_names, text_cache = len(names), names + zs, out / TEXT_CACHE   # zero-shot columns after the trained
     pc = cfg.predict
     accelerator = make_accelerator(pc, "predict.precision")
     cache = Cache.from_config(cfg, spec.name)
@@ -145,14 +177,16 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     n_tr = len(train_df)
     # OOF probabilities of each view alone and of all views combined, filled fold by fold;
     # dev/test: each fold model's combined probabilities (averaged after any fold normalisation)
-    oof_views = {v: np.zeros((n_tr, len(names))) for v in ("none", *views)}
-    oof_tta = np.zeros((n_tr, len(names)))
+    oof_views = {v: np.zeros((n_tr, len(all_names))) for v in ("none", *views)}
+    oof_tta = np.zeros((n_tr, len(all_names)))
     per_model = {s: {} for s in others}         # dev/test: each fold model's combined probabilities
     t0 = time.time()
     for k, path in progress_bar(len(ckpts), "folds", "fold", progress and accelerator.is_main_process,
                                 iterable=ckpts.items()):
         ck = loaded[k]
         net, arch = load_model(ck)
+        if zs:
+            add_labels(net, arch, zs, text_cache)
         net = net.to(accelerator.device)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -170,6 +204,8 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         accelerator.free_memory()
     if full is not None:    # the full-data fit predicts development and test only: it has no OOF
         net, arch = load_model(full)
+        if zs:
+            add_labels(net, arch, zs, text_cache)
         net = net.to(accelerator.device)
         for s, (job_df, job_files) in others.items():
             by_view = _logits(net, arch, spec, job_df, job_files, accelerator, full, views, cfg)
@@ -193,15 +229,20 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     if pc.oof_normalise != "none":      # per fold, fitted on the OOF scores alone (never the labels)
         final, final_key = norm.oof(), f"{final_key}/{pc.oof_normalise}"
         arrays[final_key] = final
-    variants = {k: map_score(y, a) for k, a in arrays.items()}
-    write_predictions(out / "oof.csv", train_df[spec.id_col], final, names, spec.id_col, fold=fold_of)
+    variants = {k: map_score(y, a[:, :C]) for k, a in arrays.items()}
+    write_predictions(out / "oof.csv", train_df[spec.id_col], final, all_names, spec.id_col, fold=fold_of)
     # score what was written (and check it reads back with the training ids, in order)
-    final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
+    final = read_predictions(out / "oof.csv", all_names, spec.id_col, ids=train_df[spec.id_col])[all_names].to_numpy()
     arrays[final_key] = final
+    zs_oof = final[:, C:]
+    final, raw, arrays = final[:, :C], raw[:, :C], {k: a[:, :C] for k, a in arrays.items()}   # trained classes
     result = evaluate(y, final, names, y.sum(0), n_tr)
     result.update(_validation(cfg, spec, train_df, y, final, raw, fold_of, arrays, final_key))
-    result.update(init=sorted(set(inits.values()))[0], variants=variants, final=final_key, tta_views={v: map_score(y, p) for v, p in oof_views.items()},
+    result.update(init=sorted(set(inits.values()))[0], variants=variants, final=final_key,
+                  tta_views={v: map_score(y, p[:, :C]) for v, p in oof_views.items()},
                   settings=_settings(cfg), inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
+    if zs:
+        result["zero_shot"] = dict(_zero_shot_block(train_df, zs_oof, zs, result["mAP"]) or {}, columns=zs)
     written = {"oof": out / "oof.csv"}
     for s, (df, _) in others.items():
         members = {k: p for k, p in per_model[s].items() if pc.use_full_fit != "alone" or k == FULL}
@@ -210,12 +251,15 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         else:   # each fold model through its own map, then the mean over folds
             probs = sum(norm.apply(_postprocess(cfg, spec, df, p, gate), k) for k, p in per_model[s].items()) / len(ckpts)
         name = "development.csv" if s == "dev" else "test.csv"
-        write_predictions(out / name, df[spec.id_col], probs, names, spec.id_col)
+        write_predictions(out / name, df[spec.id_col], probs, all_names, spec.id_col)
         written[s] = out / name
         if s == "dev" and all(c in df.columns for c in names):   # reported apart, never fitted on
-            dev_y = df[names].to_numpy()
+            dev_y, zs_probs, probs = df[names].to_numpy(), probs[:, C:], probs[:, :C]
             result["development"] = {k: v for k, v in evaluate(dev_y, probs, names, y.sum(0), n_tr).items()
                                      if k != "per_class"}
+            dev_zs = _zero_shot_block(df, zs_probs, zs, result["development"]["mAP"]) if zs else None
+            if dev_zs:
+                result["development"]["zero_shot"] = dev_zs
             if spec.view_col and spec.view_col in df.columns:
                 result["development"]["by_view"] = view_figures(dev_y, probs, view_groups(df[spec.view_col]), names,
                                                            y.sum(0), n_tr)
@@ -291,7 +335,7 @@ def _settings(cfg) -> dict:
                 view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight),
                 normal_gating=None if gating is None else float(gating), oof_normalise=pc.oof_normalise,
                 use_full_fit=pc.use_full_fit,
-                bootstrap=int(pc.bootstrap))
+                bootstrap=int(pc.bootstrap), zero_shot=list(pc.get("zero_shot_labels") or []))
 
 
 def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final_key: str) -> dict:
@@ -342,4 +386,11 @@ def summary_lines(r: dict) -> list[str]:
     lines.append("  worst: " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[-4:]))
     if r["left_out"]:
         lines.append(f"  no positive in the scored set (left out): {', '.join(r['left_out'])}")
+    z = r.get("zero_shot") or {}
+    if z.get("labels"):
+        lines.append(f"  zero-shot (never trained on): mAP {_num(z['mAP'])} vs chance {_num(z['chance'])} (prevalence), "
+                     f"trained mAP {_num(z['trained_mAP'])}: " + ", ".join(
+                         f"{k} {_num(v['AP'], '.3f')} (chance {_num(v['prevalence'], '.3f')})" for k, v in z["labels"].items()))
+    elif z.get("columns"):
+        lines.append(f"  zero-shot columns (no labels here to score them): {', '.join(z['columns'])}")
     return lines

@@ -24,13 +24,16 @@ from cxrlt.models.heads import HEAD_KEYS, HeadedNet, build_head, check_head
 ARCH_KEYS = ("name", "in_chans", "drop_rate", "drop_path_rate", "head", *{k for v in HEAD_KEYS.values() for k in v})
 
 
-def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwargs: dict | None = None) -> torch.nn.Module:
+def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwargs: dict | None = None,
+                 text_emb=None) -> torch.nn.Module:
     """Any timm model name. Weights: model.pretrained_path (a local file) > model.pretrained (download)
     > random init, with one clear warning when a download fails (an error if model.require_pretrained).
 
     Gray films use in_chans=1: timm sums the pretrained RGB stem filters into one input channel,
     which gives exactly the output of feeding the gray image replicated to three channels, at a third
     of the input memory and transfer.
+
+    `text_emb` (C, E): label embeddings for `model.class_queries: text` (models.text.label_embeddings).
     """
     head = check_head(mcfg)
     kw = dict(num_classes=num_classes, in_chans=int(mcfg.in_chans), drop_rate=float(mcfg.drop_rate))
@@ -43,7 +46,7 @@ def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwa
     def _tag(net, source):
         extra = dict(getattr(net, "timm_kwargs", None) or timm_kwargs or {})
         if head != "linear":
-            net = HeadedNet(net, build_head(mcfg, net.num_features, num_classes))
+            net = HeadedNet(net, build_head(mcfg, net.num_features, num_classes, text_emb))
         net.init_source, net.timm_kwargs = source, extra
         return net
     if mcfg.pretrained_path and mcfg.get("pretrained_format", "timm") != "timm":   # chest X-ray foundation weights
@@ -88,6 +91,9 @@ def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: fl
     model = {k: mcfg.get(k) for k in ARCH_KEYS if k in mcfg}
     if getattr(net, "timm_kwargs", None):
         model["timm_kwargs"] = dict(net.timm_kwargs)
+    text_emb = getattr(getattr(net, "head", None), "text_emb", None)
+    if text_emb is not None:   # the width of the label embeddings, to rebuild the head without the encoder
+        model["text_dim"] = int(text_emb.shape[1])
     return dict(kind="image", model=model, labels=list(labels), num_classes=len(labels), image_size=int(image_size),
                 resize=resize, mean=float(mean), std=float(std))
 

@@ -5,6 +5,9 @@
   Head"): one learned query per class cross-attends to the spatial tokens; a decoder layer without
   self-attention (their change to the transformer decoder), then a per-class linear read-out
   ("group fully-connected" with group size 1).
+  With `model.class_queries: text` (seeds/004) the queries are a trained projection of frozen
+  label embeddings from a text encoder (models.text), and the read-out is shared by all classes, so
+  a class never trained on can be scored from its embedding alone (zero-shot, `set_text`).
 - `csra` (Zhu & Wu, ICCV 2021, "Residual Attention: A Simple but Effective Method for Multi-Label
   Recognition"): per-class scores at every location; logit = their mean + lambda x their
   softmax(T x score)-weighted sum (T = 99 means max pooling), summed over temperature heads.
@@ -21,7 +24,8 @@ from cxrlt.errors import CxrltError
 
 HEADS = ("linear", "ml_decoder", "csra")
 # keys each head reads, with the defaults that mean "not set" for the others (checked by check_head)
-HEAD_KEYS = {"ml_decoder": {"decoder_dim": 768, "decoder_heads": 8, "decoder_layers": 1},
+HEAD_KEYS = {"ml_decoder": {"decoder_dim": 768, "decoder_heads": 8, "decoder_layers": 1, "class_queries": "learned",
+                            "text_encoder": None, "prompt": "chest x-ray showing {label}"},
              "csra": {"csra_lambda": 0.1, "csra_temperatures": [1]}}
 
 
@@ -36,6 +40,11 @@ def check_head(mcfg) -> str:
                 if k in mcfg and mcfg[k] != default:
                     raise CxrltError(f"model.{k}={mcfg[k]!r} is read by model.head={other} only, "
                                      f"not by model.head={head}; remove it or set model.head={other}")
+    queries = mcfg.get("class_queries", "learned")
+    if queries not in ("learned", "text"):
+        raise CxrltError(f"model.class_queries must be learned or text, not '{queries}'")
+    if queries == "text" and not mcfg.get("text_encoder") and not mcfg.get("text_dim"):
+        raise CxrltError("model.class_queries=text needs model.text_encoder (a Hugging Face model name or a local folder)")
     temps = mcfg.get("csra_temperatures", [1])
     if head == "csra" and (not isinstance(temps, (list, tuple)) or not temps
                            or not all(isinstance(t, (int, float)) and t > 0 for t in temps)):
@@ -54,22 +63,62 @@ def to_tokens(feats: torch.Tensor, fmt: str = "NCHW", prefix: int = 0) -> torch.
 
 
 class MLDecoder(nn.Module):
-    """tokens (B, N, in_dim) -> logits (B, C); `key_padding_mask` (B, N), True = ignore the token."""
+    """tokens (B, N, in_dim) -> logits (B, C); `key_padding_mask` (B, N), True = ignore the token.
+
+    `text_emb` (C, E) given: text class queries. The embeddings are a persistent buffer (frozen,
+    saved in the state dict, so a checkpoint predicts its classes without the text encoder); the
+    queries are `query_proj(text_emb)`, a trained Linear(E, dim). The read-out is then shared by all
+    classes, logit_c = <q_c, w> + b (w: (dim,), b: one scalar), as ML-Decoder's own zero-shot
+    variant shares the group-FC weights between groups: a per-class row cannot exist for a class
+    never trained on, while a shared read-out scores any query the text projection can make. The
+    class identity enters through the query, which decides where on the film it attends. As the
+    decoder has no self-attention, each class is decoded independently: adding rows (`set_text`)
+    leaves the other classes' logits unchanged.
+    """
 
     def __init__(self, in_dim: int, num_classes: int, dim: int = 768, heads: int = 8, layers: int = 1,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, text_emb: torch.Tensor | None = None):
         super().__init__()
         if dim % heads:
             raise CxrltError(f"model.decoder_dim={dim} must be a multiple of model.decoder_heads={heads}")
         self.embed = nn.Linear(in_dim, dim)
-        self.queries = nn.Parameter(torch.randn(num_classes, dim) * 0.02)
         self.layers = nn.ModuleList(_CrossLayer(dim, heads, dropout) for _ in range(int(layers)))
-        self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)   # group FC, group size 1
-        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.text = text_emb is not None
+        if self.text:
+            text_emb = torch.as_tensor(text_emb, dtype=torch.float32)
+            if text_emb.ndim != 2 or len(text_emb) != num_classes:
+                raise CxrltError(f"label embeddings of shape {tuple(text_emb.shape)} for {num_classes} classes")
+            self.register_buffer("text_emb", text_emb.clone())
+            self.query_proj = nn.Linear(text_emb.shape[1], dim)
+            self.weight = nn.Parameter(torch.randn(dim) * dim ** -0.5)       # shared read-out
+            self.bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.queries = nn.Parameter(torch.randn(num_classes, dim) * 0.02)
+            self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)   # group FC, group size 1
+            self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.text_emb) if self.text else len(self.queries)
+
+    def class_queries(self) -> torch.Tensor:
+        return self.query_proj(self.text_emb) if self.text else self.queries
+
+    def set_text(self, emb) -> None:
+        """Score the classes of these label embeddings (E columns as trained) from now on: e.g. the
+        trained rows followed by rows of labels never trained on (zero-shot)."""
+        if not self.text:
+            raise CxrltError("zero-shot labels need an ML-Decoder with model.class_queries=text; this model's "
+                             "class queries are learned")
+        emb = torch.as_tensor(emb, dtype=torch.float32, device=self.text_emb.device)
+        if emb.ndim != 2 or emb.shape[1] != self.text_emb.shape[1]:
+            raise CxrltError(f"label embeddings of shape {tuple(emb.shape)}: the model was trained with "
+                             f"{self.text_emb.shape[1]}-dimensional ones (same model.text_encoder?)")
+        self.text_emb = emb.clone()     # a registered buffer: stays a buffer, of the new size
 
     def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         mem = F.relu(self.embed(tokens))
-        q = self.queries.unsqueeze(0).expand(len(tokens), -1, -1)
+        q = self.class_queries().unsqueeze(0).expand(len(tokens), -1, -1)
         for layer in self.layers:
             q = layer(q, mem, key_padding_mask)
         return (q * self.weight).sum(-1) + self.bias
@@ -118,11 +167,20 @@ class CSRA(nn.Module):
         return out
 
 
-def build_head(mcfg, in_dim: int, num_classes: int) -> nn.Module:
+def build_head(mcfg, in_dim: int, num_classes: int, text_emb=None) -> nn.Module:
+    """The head of `model.head`; `text_emb` (C, E): the label embeddings of text class queries. A
+    model rebuilt from its checkpoint passes none: a zero buffer of the recorded width
+    (`model.text_dim`) that the checkpoint's weights then fill."""
     head = check_head(mcfg)
     if head == "ml_decoder":
+        if mcfg.get("class_queries", "learned") == "text" and text_emb is None:
+            if not mcfg.get("text_dim"):
+                raise CxrltError("model.class_queries=text: no label embeddings given (models.text.label_embeddings)")
+            text_emb = torch.zeros(num_classes, int(mcfg["text_dim"]))
+        elif mcfg.get("class_queries", "learned") != "text":
+            text_emb = None
         return MLDecoder(in_dim, num_classes, int(mcfg.get("decoder_dim", 768)), int(mcfg.get("decoder_heads", 8)),
-                         int(mcfg.get("decoder_layers", 1)))
+                         int(mcfg.get("decoder_layers", 1)), text_emb=text_emb)
     if head == "csra":
         return CSRA(in_dim, num_classes, mcfg.get("csra_temperatures", [1]), float(mcfg.get("csra_lambda", 0.1)))
     raise CxrltError(f"model.head={head} is timm's own classifier, not a separate module")

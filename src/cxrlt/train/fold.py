@@ -35,6 +35,8 @@ from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import arch_record, create_model, input_stats
+from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
+from cxrlt.models.text import label_embeddings
 from cxrlt.models.transfer import init_from, source, use_input_stats
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
@@ -124,8 +126,12 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
 
     init = cfg.model.get("init_from")
     src = source(init) if init else None      # built like the source model (a converted ViT's shape)
+    text_emb = None
+    if cfg.model.get("head") == "ml_decoder" and cfg.model.get("class_queries") == "text":   # frozen, cached once
+        text_emb = label_embeddings(cfg.model, names, experiment_dir(cfg) / TEXT_CACHE)
     net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names),
-                       image_size=int(cfg.cache.size), timm_kwargs=src[2]["model"].get("timm_kwargs") if src else None)
+                       image_size=int(cfg.cache.size), timm_kwargs=src[2]["model"].get("timm_kwargs") if src else None,
+                       text_emb=text_emb)
     if init:       # input statistics from the source even on resume (a resumed fold restores its weights)
         use_input_stats(net, src[2])
     if init and not last_checkpoint(cfg, fold).is_file():
