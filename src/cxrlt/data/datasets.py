@@ -134,7 +134,8 @@ def resolve_dataset(data) -> DatasetSpec:
     if len(holdout) >= len(labels):
         raise CxrltError("data.holdout_labels holds out every label; nothing is left to train on")
     submission = vals.get("submission_labels")
-    submission = tuple(submission) if submission else None
+    # a held-out label is still one of the preset's submission columns (scored zero-shot by stage 04)
+    submission = tuple(submission) if submission else (labels if holdout else None)
     zero_shot = tuple(x for x in dict.fromkeys(vals.get("zero_shot_labels") or ()) if x not in labels)
     labels = tuple(x for x in labels if x not in holdout)   # never trained on; their CSV columns stay
     normal = vals.get("normal_label")

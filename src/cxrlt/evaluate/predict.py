@@ -388,7 +388,8 @@ def summary_lines(r: dict) -> list[str]:
         lines.append(f"  no positive in the scored set (left out): {', '.join(r['left_out'])}")
     z = r.get("zero_shot") or {}
     if z.get("labels"):
-        lines.append(f"  zero-shot (never trained on): mAP {_num(z['mAP'])} vs chance {_num(z['chance'])} (prevalence), "
+        lines.append(f"  zero-shot (never trained on): mAP {_num(z['mAP'])} vs chance {_num(z['chance'])} (prevalence; "
+                     f"random scores {_num(z.get('chance_random'))}), "
                      f"trained mAP {_num(z['trained_mAP'])}: " + ", ".join(
                          f"{k} {_num(v['AP'], '.3f')} (chance {_num(v['prevalence'], '.3f')})" for k, v in z["labels"].items()))
     elif z.get("columns"):
