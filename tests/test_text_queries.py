@@ -227,3 +227,22 @@ def test_predict_scores_held_out_and_unseen_labels_zero_shot(base, bert, tmp_pat
     assert len(json.loads(emb_file.read_text())["encoders"][str(bert)]) == 27       # + the zero-shot prompts
     t = tune_thresholds(cfg)          # stage 06 reads the trained columns and ignores the zero-shot ones
     assert set(t["thresholds"]) == set(trained)
+
+
+def test_blend_carries_zero_shot_columns_every_member_has(base, tmp_path):
+    from test_blend_submit import fake_member
+
+    from cxrlt.ensemble.blend import blend_experiment
+
+    cfg = cfg_at(base, tmp_path / "x")
+    members = [fake_member(cfg, tmp_path / m, 0.3, s) for m, s in (("a", 1), ("b", 2))]
+    for i, m in enumerate(members):    # stage 04 of a text-query model: zero-shot columns after the trained ones
+        t = pd.read_csv(m / "test.csv", dtype={"dicom_id": str})
+        t["Goiter"], t["Bulla"] = 0.2 * (i + 1), 0.5
+        if i == 1:
+            t = t.drop(columns="Bulla")      # only in one member: not carried
+        t.to_csv(m / "test.csv", index=False)
+    r = blend_experiment(cfg_at(base, tmp_path / "blend", "blend.mode=mean", f"blend.members=[{members[0]}, {members[1]}]"))
+    test = pd.read_csv(r["dir"] / "test.csv")
+    assert list(test.columns) == ["dicom_id", *LABELS_2023, "Goiter"]
+    assert np.allclose(test["Goiter"], 0.3)                         # the members' mean, as the trained columns

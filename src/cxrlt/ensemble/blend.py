@@ -52,6 +52,18 @@ def load_members(members, labels, id_col, split: str):
     return first[id_col].tolist(), folds, {m: df[list(labels)].to_numpy(np.float64) for m, df in frames.items()}
 
 
+def zero_shot_columns(members, fname: str, names) -> list[str]:
+    """The columns after the trained labels in the first member's `fname` that every member's has
+    (zero-shot labels of text-query models), in the first member's order; [] when none."""
+    import pandas as pd
+
+    heads = [pd.read_csv(p, nrows=0).columns.tolist() for m in members if (p := member_dir(m) / fname).is_file()]
+    if not heads:
+        return []
+    extra = [c for c in heads[0][1 + len(names):] if c != "fold"]
+    return [c for c in extra if all(c in h for h in heads[1:])]
+
+
 def rank_normalise(p: np.ndarray) -> np.ndarray:
     """Per-class ranks scaled to [0, 1] (ties share their mean rank)."""
     n = len(p)
@@ -148,11 +160,14 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
                   mAP_honest=honest_map if honest_map is not None else result["mAP"],
                   honest_weights=honest_weights, inputs=inputs, settings=settings)
     for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
-        loaded = load_members(members, names, id_col, split)
+        # zero-shot columns every member has (stage 04 writes them after the trained ones) are
+        # carried with the weights fitted on the trained classes: a zero-shot preset submits them
+        loaded = load_members(members, names + zero_shot_columns(members, fname, names), id_col, split)
         if loaded is None:
             continue
         s_ids, _, s_arr = loaded
-        write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), names, id_col)
+        cols = names + zero_shot_columns(members, fname, names)
+        write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), cols, id_col)
     save_resolved(cfg, out / "config.yaml")
     write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],
                                                        honest_weights=honest_weights), indent=1))
