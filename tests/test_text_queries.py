@@ -223,6 +223,9 @@ def test_predict_scores_held_out_and_unseen_labels_zero_shot(base, bert, tmp_pat
     assert set(z["labels"]) == {"Cardiomegaly", "Edema"} and z["columns"] == ["Cardiomegaly", "Edema", "Goiter"]
     assert z["labels"]["Edema"]["prevalence"] == pytest.approx(train["Edema"].mean())
     assert z["trained_mAP"] == pytest.approx(r["mAP"]) and 0 < z["mAP"] <= 1 and 0 < z["chance"] < 1
+    agn = oof[trained].mean(1)       # the label-agnostic bar: the mean of the trained classes' OOF probabilities
+    from sklearn.metrics import average_precision_score
+    assert z["labels"]["Edema"]["AP_agnostic"] == pytest.approx(average_precision_score(train["Edema"], agn), abs=1e-6)
     assert "zero_shot" in r["development"]
     assert len(json.loads(emb_file.read_text())["encoders"][str(bert)]) == 27       # + the zero-shot prompts
     t = tune_thresholds(cfg)          # stage 06 reads the trained columns and ignores the zero-shot ones
@@ -246,3 +249,19 @@ def test_blend_carries_zero_shot_columns_every_member_has(base, tmp_path):
     test = pd.read_csv(r["dir"] / "test.csv")
     assert list(test.columns) == ["dicom_id", *LABELS_2023, "Goiter"]
     assert np.allclose(test["Goiter"], 0.3)                         # the members' mean, as the trained columns
+
+
+def test_zero_shot_figures_put_ap_beside_prevalence_random_and_label_agnostic_scores():
+    from cxrlt.metrics import zero_shot_figures
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((2000, 3)) < [0.3, 0.05, 0.0]).astype(float)
+    z = zero_shot_figures(y, y + 0.01 * rng.random(y.shape), ["a", "b", "none"], trained_map=0.4,
+                          agnostic=y[:, 0])
+    assert z["labels"]["a"]["AP"] == pytest.approx(1) and z["mAP"] == pytest.approx(1)       # perfect scores
+    assert z["labels"]["a"]["prevalence"] == pytest.approx(y[:, 0].mean())
+    assert z["chance"] == pytest.approx(y[:, :2].mean(0).mean())                             # no-positive label left out
+    assert z["left_out"] == ["none"] and z["trained_mAP"] == 0.4
+    assert abs(z["labels"]["a"]["AP_random"] - y[:, 0].mean()) < 0.03                       # random scores ~ prevalence
+    assert z["labels"]["a"]["AP_agnostic"] == pytest.approx(1)                               # this score *is* label a
+    assert z["labels"]["b"]["AP_agnostic"] < 0.2

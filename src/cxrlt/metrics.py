@@ -83,22 +83,29 @@ def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dic
     return out
 
 
-def zero_shot_figures(y, p, names, trained_map: float | None = None, draws: int = 20, seed: int = 0) -> dict:
+def zero_shot_figures(y, p, names, trained_map: float | None = None, agnostic=None, draws: int = 20,
+                      seed: int = 0) -> dict:
     """AP of labels scored zero-shot (never trained on) beside chance. Chance is the label's
     prevalence in the scored set (`chance`: their mean), the AP a random score tends to; with few
     positives a random ranking's AP sits a little above it, so `chance_random` is also measured: the
-    mean AP of `draws` random scores (seed `seed`). Labels without a positive are left out of the
-    means and named."""
+    mean AP of `draws` random scores (seed `seed`). `agnostic` (n,): a label-agnostic score (stage
+    04: the mean of the trained classes' probabilities, "how abnormal the film looks"); its AP per
+    label (`AP_agnostic`, mean `agnostic`) is the bar for label-specific recognition: a zero-shot
+    score that does no better has learnt "abnormal film", not the finding. Labels without a positive
+    are left out of the means and named."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     ap, auc = per_class(y, p), per_class(y, p, roc_auc_score, need_negatives=True)
     prev = y.mean(0) if len(y) else np.full(y.shape[1], np.nan)
-    rng = np.random.default_rng(seed)
-    rand = np.nanmean([per_class(y, rng.random(y.shape)) for _ in range(draws)], axis=0) if len(y) and np.isfinite(ap).any() \
-        else np.full(y.shape[1], np.nan)
     scored = np.isfinite(ap)
+    rng, rand = np.random.default_rng(seed), np.full(y.shape[1], np.nan)
+    if scored.any():
+        rand[scored] = np.mean([per_class(y[:, scored], rng.random((len(y), int(scored.sum())))) for _ in range(draws)], 0)
+    agn = per_class(y, np.repeat(np.asarray(agnostic, np.float64)[:, None], y.shape[1], 1)) if agnostic is not None \
+        else np.full(y.shape[1], np.nan)
     labels = {n: dict(AP=float(ap[c]), AUC=float(auc[c]), prevalence=float(prev[c]), AP_random=float(rand[c]),
-                      positives=int(y[:, c].sum()), AP_over_chance=float(ap[c] / prev[c]) if scored[c] else float("nan"))
+                      AP_agnostic=float(agn[c]), positives=int(y[:, c].sum()),
+                      AP_over_chance=float(ap[c] / prev[c]) if scored[c] else float("nan"))
               for c, n in enumerate(names)}
     return dict(labels=labels, mAP=_nanmean(ap), mAUC=_nanmean(auc), chance=_nanmean(np.where(scored, prev, np.nan)),
-                chance_random=_nanmean(np.where(scored, rand, np.nan)), trained_mAP=trained_map, n_images=int(len(y)),
-                left_out=[n for c, n in enumerate(names) if not scored[c]])
+                chance_random=_nanmean(np.where(scored, rand, np.nan)), agnostic=_nanmean(np.where(scored, agn, np.nan)),
+                trained_mAP=trained_map, n_images=int(len(y)), left_out=[n for c, n in enumerate(names) if not scored[c]])

@@ -110,13 +110,14 @@ def zero_shot_names(cfg, spec) -> list[str]:
     return list(dict.fromkeys([*spec.holdout_labels, *spec.zero_shot_labels, *asked]))
 
 
-def _zero_shot_block(df, probs: np.ndarray, zs: list[str], trained_map) -> dict | None:
-    """metrics.json's zero-shot figures for the zero-shot labels whose columns `df` has."""
+def _zero_shot_block(df, probs: np.ndarray, zs: list[str], trained_map, trained_probs: np.ndarray) -> dict | None:
+    """metrics.json's zero-shot figures for the zero-shot labels whose columns `df` has; the
+    label-agnostic bar is the mean of the trained classes' probabilities (metrics.zero_shot_figures)."""
     have = [i for i, x in enumerate(zs) if x in df.columns]
     if not have:
         return None
     y = df[[zs[i] for i in have]].apply(lambda c: c.astype(float)).to_numpy()
-    return zero_shot_figures(y, probs[:, have], [zs[i] for i in have], trained_map)
+    return zero_shot_figures(y, probs[:, have], [zs[i] for i in have], trained_map, agnostic=trained_probs.mean(1))
 
 
 def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
@@ -242,7 +243,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
                   tta_views={v: map_score(y, p[:, :C]) for v, p in oof_views.items()},
                   settings=_settings(cfg), inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
     if zs:
-        result["zero_shot"] = dict(_zero_shot_block(train_df, zs_oof, zs, result["mAP"]) or {}, columns=zs)
+        result["zero_shot"] = dict(_zero_shot_block(train_df, zs_oof, zs, result["mAP"], final) or {}, columns=zs)
     written = {"oof": out / "oof.csv"}
     for s, (df, _) in others.items():
         members = {k: p for k, p in per_model[s].items() if pc.use_full_fit != "alone" or k == FULL}
@@ -257,7 +258,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
             dev_y, zs_probs, probs = df[names].to_numpy(), probs[:, C:], probs[:, :C]
             result["development"] = {k: v for k, v in evaluate(dev_y, probs, names, y.sum(0), n_tr).items()
                                      if k != "per_class"}
-            dev_zs = _zero_shot_block(df, zs_probs, zs, result["development"]["mAP"]) if zs else None
+            dev_zs = _zero_shot_block(df, zs_probs, zs, result["development"]["mAP"], probs) if zs else None
             if dev_zs:
                 result["development"]["zero_shot"] = dev_zs
             if spec.view_col and spec.view_col in df.columns:
@@ -389,7 +390,8 @@ def summary_lines(r: dict) -> list[str]:
     z = r.get("zero_shot") or {}
     if z.get("labels"):
         lines.append(f"  zero-shot (never trained on): mAP {_num(z['mAP'])} vs chance {_num(z['chance'])} (prevalence; "
-                     f"random scores {_num(z.get('chance_random'))}), "
+                     f"random scores {_num(z.get('chance_random'))}), label-agnostic (mean trained prob) "
+                     f"{_num(z.get('agnostic'))}, "
                      f"trained mAP {_num(z['trained_mAP'])}: " + ", ".join(
                          f"{k} {_num(v['AP'], '.3f')} (chance {_num(v['prevalence'], '.3f')})" for k, v in z["labels"].items()))
     elif z.get("columns"):
