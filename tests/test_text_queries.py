@@ -143,7 +143,11 @@ def test_learned_queries_keep_the_old_weights_and_old_checkpoints_load():
 
     old_model = dict(name="test_resnet", in_chans=1, drop_rate=0.0, drop_path_rate=0.0, head="ml_decoder",
                      decoder_dim=16, decoder_heads=2, decoder_layers=1)      # an arch record from before text queries
+    torch.manual_seed(0)
     head = MLDecoder(in_dim=8, num_classes=3, dim=16, heads=2)
+    torch.manual_seed(0)      # the old creation order: embed, queries, layers, weight: same initial weights per seed
+    torch.nn.Linear(8, 16)
+    assert torch.equal(head.queries, torch.randn(3, 16) * 0.02)
     keys = set(head.state_dict())
     assert {"queries", "weight", "bias", "embed.weight", "embed.bias"} <= keys
     assert not any(k.startswith(("query_proj", "text_emb")) for k in keys)

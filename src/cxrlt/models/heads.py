@@ -82,18 +82,21 @@ class MLDecoder(nn.Module):
         if dim % heads:
             raise CxrltError(f"model.decoder_dim={dim} must be a multiple of model.decoder_heads={heads}")
         self.embed = nn.Linear(in_dim, dim)
-        self.layers = nn.ModuleList(_CrossLayer(dim, heads, dropout) for _ in range(int(layers)))
         self.text = text_emb is not None
+        # creation order as before text queries existed: a learned head's initial weights for a seed are unchanged
         if self.text:
             text_emb = torch.as_tensor(text_emb, dtype=torch.float32)
             if text_emb.ndim != 2 or len(text_emb) != num_classes:
                 raise CxrltError(f"label embeddings of shape {tuple(text_emb.shape)} for {num_classes} classes")
             self.register_buffer("text_emb", text_emb.clone())
             self.query_proj = nn.Linear(text_emb.shape[1], dim)
+        else:
+            self.queries = nn.Parameter(torch.randn(num_classes, dim) * 0.02)
+        self.layers = nn.ModuleList(_CrossLayer(dim, heads, dropout) for _ in range(int(layers)))
+        if self.text:
             self.weight = nn.Parameter(torch.randn(dim) * dim ** -0.5)       # shared read-out
             self.bias = nn.Parameter(torch.zeros(1))
         else:
-            self.queries = nn.Parameter(torch.randn(num_classes, dim) * 0.02)
             self.weight = nn.Parameter(torch.randn(num_classes, dim) * dim ** -0.5)   # group FC, group size 1
             self.bias = nn.Parameter(torch.zeros(num_classes))
 
