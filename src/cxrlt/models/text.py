@@ -136,10 +136,9 @@ def label_embeddings(mcfg, labels, cache_file: str | Path | None) -> np.ndarray:
         if path is not None:
             write_text(path, to_json(dict(note="label embeddings: encoder -> prompt text -> vector (models/text.py)",
                                           encoders=cache)))
-    emb = np.asarray([known[t] for t in texts], np.float32)
     if len({len(known[t]) for t in texts}) > 1:
         raise CxrltError(f"{display_path(path)}: vectors of different sizes for model.text_encoder '{encoder}'; delete it")
-    return emb
+    return np.asarray([known[t] for t in texts], np.float32)
 
 
 def write_random_bert(folder: str | Path, words, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> Path:
