@@ -81,3 +81,34 @@ def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dic
                 train_prevalence=float(train_positives[c] / n_train), group=groups[c])
         for c, n in enumerate(names)}
     return out
+
+
+# ----------------------------------------------------------------------------- multiclass (one label per image)
+def count_groups(counts, tail_below: int = 100, head_above: int = 1000) -> list[str]:
+    """The single-label benchmark's groups by training images per class (Holste et al. 2022):
+    head > head_above, medium in [tail_below, head_above], tail < tail_below."""
+    return ["head" if c > head_above else "tail" if c < tail_below else "medium" for c in counts]
+
+
+def multiclass_metrics(y, p, names, train_counts, groups=(100, 1000)) -> dict:
+    """The benchmark's figures for one labelled split, predictions = argmax of `p`: per-class
+    accuracy (recall), head / medium / tail accuracy (mean over the group's classes present) and
+    their mean `avg`, `overall` (mean per-class accuracy), accuracy, balanced accuracy and
+    macro-F1 (scikit-learn; over the classes present in the split or predicted)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    y, p = np.asarray(y), np.asarray(p, np.float64)
+    true, pred = y.argmax(1), p.argmax(1)
+    present = y.sum(0) > 0
+    acc = np.array([float((pred[true == c] == c).mean()) if present[c] else np.nan for c in range(y.shape[1])])
+    grp = count_groups(train_counts, *groups)
+    by_group = {g: _nanmean([a for a, gg in zip(acc, grp) if gg == g]) for g in ("head", "medium", "tail")}
+    finite = [v for v in by_group.values() if v == v]
+    return dict(accuracy=float(accuracy_score(true, pred)), bAcc=float(balanced_accuracy_score(true, pred)),
+                mF1=float(f1_score(true, pred, average="macro", zero_division=0.0)),
+                overall=_nanmean(acc), groups=by_group, avg=float(np.mean(finite)) if finite else float("nan"),
+                per_class={n: dict(accuracy=None if np.isnan(a) else float(a), images=int(y[:, c].sum()),
+                                   train_images=int(train_counts[c]), group=g)
+                           for c, (n, a, g) in enumerate(zip(names, acc, grp))},
+                n_images=int(len(y)), group_rule=f"head > {groups[1]}, medium {groups[0]}-{groups[1]}, "
+                                                 f"tail < {groups[0]} training images")

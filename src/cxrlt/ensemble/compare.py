@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.config import Config, load_config
-from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
-from cxrlt.data.splits import view_rows
+from cxrlt.data.datasets import label_matrix, resolve_dataset
+from cxrlt.data.splits import oof_table
 from cxrlt.ensemble.thresholds import honest_f1
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
@@ -81,7 +81,7 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
             raise CxrltError(f"recipe '{cfg.name}': {display_path(exp / f)} not found; run "
                              f"src/{stage}.py --config {display_path(cfg.recipe)}")
     m = json.loads((exp / "metrics.json").read_text())
-    train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))   # a specialist: its views
+    train = oof_table(cfg, spec)   # the OOF rows: a specialist's views; the validation CSV with folds.scheme=given
     oof = read_predictions(exp / "oof.csv", spec.labels, spec.id_col, ids=train[spec.id_col])
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(exp / 'oof.csv')}: no fold column")
