@@ -211,3 +211,18 @@ def test_blend_and_submission_work_on_a_multiclass_experiment(sl_run, tmp_path):
     s = make_submission(bcfg)
     sub = pd.read_csv(s["csv"])
     assert len(sub) == len(pd.read_csv(r["dir"] / "test.csv"))
+
+
+def test_comparison_prints_the_benchmark_layout_with_paired_intervals(sl_run, tmp_path):
+    from cxrlt.ensemble.compare import BENCH_COLUMNS, compare_experiments
+
+    cfg, _, r, _ = sl_run
+    m = json.loads((r["dir"] / "metrics.json").read_text())["multiclass"]
+    cfgs = [load_config(ROOT / "experiments" / "demo_sl_ce.yaml", list(cfg.overrides) + [f"name={n}", "compare.bootstrap=50"])
+            for n in ("sl_a", "sl_b")]
+    out = compare_experiments(cfgs, tmp_path / "cmp")
+    t = out["table"]
+    assert list(t.columns) == BENCH_COLUMNS and t.recipe.tolist() == ["sl_a", "sl_b"]
+    assert t.loc[0, "avg"] == pytest.approx(m["development"]["avg"]) and t.loc[0, "bAcc"] == pytest.approx(m["test"]["bAcc"])
+    assert t.loc[1, "d_bAcc"] == 0 and t.loc[1, "d_bAcc_lo"] == 0 and t.loc[1, "d_bAcc_hi"] == 0   # same model: paired
+    assert "d_avg 95 % CI" in out["markdown"] and (tmp_path / "cmp" / "accuracy_by_group.png").is_file()
