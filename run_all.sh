@@ -88,7 +88,7 @@ run() { "$@" "${OVERRIDES[@]}"; }
 
 # DEMO_ARGS: options of src/00_make_demo_data.py, e.g. "--n-train 1000" for a smaller demo
 if want 00 && [ "$DEMO" = 1 ]; then stage "00 demo data"; $PY src/00_make_demo_data.py ${DEMO_ARGS:-} $FORCE; fi
-if want 00 && [ "$DEMO_SL" = 1 ]; then stage "00 single-label demo data"; $PY src/00_make_demo_data.py --single-label $FORCE; fi
+if want 00 && [ "$DEMO_SL" = 1 ]; then stage "00 single-label demo data"; $PY src/00_make_demo_data.py --single-label ${DEMO_SL_ARGS:-} $FORCE; fi
 for r in "${RLIST[@]}"; do
   cfg=experiments/$r.yaml
   if want 01; then stage "01 image cache [$r]"; run $PY src/01_prepare_images.py --config "$cfg" $FORCE; fi

@@ -226,3 +226,33 @@ def test_comparison_prints_the_benchmark_layout_with_paired_intervals(sl_run, tm
     assert t.loc[0, "avg"] == pytest.approx(m["development"]["avg"]) and t.loc[0, "bAcc"] == pytest.approx(m["test"]["bAcc"])
     assert t.loc[1, "d_bAcc"] == 0 and t.loc[1, "d_bAcc_lo"] == 0 and t.loc[1, "d_bAcc_hi"] == 0   # same model: paired
     assert "d_avg 95 % CI" in out["markdown"] and (tmp_path / "cmp" / "accuracy_by_group.png").is_file()
+
+
+def test_thresholds_stage_runs_on_a_single_held_out_part(sl_run):
+    from cxrlt.ensemble.thresholds import tune_thresholds
+
+    cfg, _, r, _ = sl_run
+    t = tune_thresholds(cfg, force=True)
+    names = json.loads((r["dir"] / "metrics.json").read_text())["per_class"]
+    assert len(t["thresholds"]) == len(names)
+    assert t["mF1_honest"] != t["mF1_honest"]        # NaN: no other fold to fit thresholds on
+
+
+def test_kfold_scheme_on_a_multiclass_task_covers_the_training_csv(sl_root, tmp_path):
+    from cxrlt.data.folds import build_folds
+    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.evaluate.predict import predict_experiment
+    from cxrlt.train.fold import train_fold
+
+    cfg = sl_cfg(sl_root, tmp_path, "folds.scheme=kfold", "folds.k=2", f"folds.dir={tmp_path / 'folds'}",
+                 "train.epochs=1", "train.max_steps_per_epoch=2")
+    prepare_dataset_cache(cfg, progress=False)
+    build_folds(cfg)
+    for k in (0, 1):
+        train_fold(cfg, k, progress=False)
+    r = predict_experiment(cfg, progress=False)
+    oof = pd.read_csv(r["dir"] / "oof.csv", dtype={"id": str})
+    train = pd.read_csv(sl_root / "demo-single-label" / "train.csv", dtype={"id": str})
+    assert oof["id"].tolist() == train["id"].tolist() and set(oof["fold"]) == {0, 1}
+    m = json.loads((r["dir"] / "metrics.json").read_text())
+    assert m["multiclass"]["oof"]["n_images"] == len(train) and set(m["per_fold"]) == {"0", "1"}

@@ -61,14 +61,15 @@ def mean_ap(y, p, names=None) -> dict:
                 left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)])
 
 
-def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dict:
+def evaluate(y, p, names, train_positives, n_train: int, thresholds=None, groups=None) -> dict:
     """Everything the report shows: mAP, mAUC, mF1 at 0.5 (and at given thresholds), group mAPs,
-    and a per-class table. Groups are by training prevalence."""
+    and a per-class table. Groups are by training prevalence, unless given (a multiclass task's
+    groups by training images, count_groups)."""
     y = np.asarray(y)
     ap = per_class(y, p)
     auc = per_class(y, p, roc_auc_score, need_negatives=True)
     f1 = f1_per_class(y, p, 0.5)
-    groups = prevalence_groups(train_positives, n_train)
+    groups = list(groups) if groups is not None else prevalence_groups(train_positives, n_train)
     out = dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), mF1=_nanmean(f1),
                left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)], n_images=int(len(y)))
     out["groups"] = {g: _nanmean([a for a, gg in zip(ap, groups) if gg == g]) for g in ("head", "medium", "tail")}

@@ -45,7 +45,10 @@ def fit_thresholds(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def honest_f1(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Per-class F1 of each fold's (p >= t), with thresholds t fitted on the other folds."""
+    """Per-class F1 of each fold's (p >= t), with thresholds t fitted on the other folds; NaN with a
+    single held-out part (folds.scheme=given: no other fold to fit on)."""
+    if len(np.unique(folds)) < 2:
+        return np.full(p.shape[1], np.nan)
     hits = np.zeros_like(p, dtype=bool)
     for f in np.unique(folds):
         tr, te = folds != f, folds == f

@@ -35,7 +35,7 @@ from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fo
 from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint, fold_ids, given_split
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
-from cxrlt.metrics import evaluate, map_score, multiclass_metrics
+from cxrlt.metrics import count_groups, evaluate, map_score, multiclass_metrics
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input, to_probs
 from cxrlt.runtime import is_main_process, make_accelerator
@@ -208,7 +208,8 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     # score what was written (and check it reads back with the training ids, in order)
     final = read_predictions(out / "oof.csv", names, spec.id_col, ids=train_df[spec.id_col])[names].to_numpy()
     arrays[final_key] = final
-    result = evaluate(y, final, names, train_pos, n_train)
+    groups = count_groups(train_pos, *spec.group_counts) if spec.multiclass else None
+    result = evaluate(y, final, names, train_pos, n_train, groups=groups)
     result.update(_validation(cfg, spec, train_df, y, final, raw, fold_of, arrays, final_key, train_pos, n_train))
     if spec.multiclass:     # the benchmark's figures per labelled split (the OOF one first)
         result["multiclass"] = {"oof": dict(multiclass_metrics(y, final, names, train_pos, spec.group_counts),
@@ -227,7 +228,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         written[s] = out / name
         if all(c in df.columns for c in names):   # labelled: reported apart, never fitted on
             key, split_y = ("development" if s == "dev" else "test"), df[names].to_numpy()
-            result[key] = {k: v for k, v in evaluate(split_y, probs, names, train_pos, n_train).items()
+            result[key] = {k: v for k, v in evaluate(split_y, probs, names, train_pos, n_train, groups=groups).items()
                            if k != "per_class"}
             if spec.view_col and spec.view_col in df.columns:
                 result[key]["by_view"] = view_figures(split_y, probs, view_groups(df[spec.view_col]), names,

@@ -61,16 +61,20 @@ def validate(net, loader, accelerator, mean: float, std: float, channels_last: b
     return dict(val_figures(logits, labels.numpy(), names, task), idx=np.asarray(idx.numpy()))
 
 
-def val_figures(logits: torch.Tensor, y: np.ndarray, names, task: str = "multilabel") -> dict:
+def val_figures(logits: torch.Tensor, y: np.ndarray, names, task: str = "multilabel", expand=None) -> dict:
     """val_loss: plain unweighted BCE (multilabel) or cross-entropy (multiclass), comparable across
     recipes and epochs whatever the training loss; mAP and mAUC; `score`, what picks the best epoch:
-    val_mAP, or for multiclass the balanced accuracy (`val_bAcc`, the benchmark's early-stopping figure)."""
+    val_mAP, or for multiclass the balanced accuracy (`val_bAcc`, the benchmark's early-stopping figure).
+    `expand` maps rows of y to rows of logits (a study model: its images get the study's probabilities,
+    taken once per study so they are bit-identical)."""
+    probs = to_probs(logits, task).numpy()
+    if expand is not None:
+        logits, probs = logits[expand], probs[expand]
     t = torch.as_tensor(y, dtype=torch.float64)
     if task == "multiclass":
         val_loss = F.cross_entropy(logits.double(), t.argmax(1)).item()
     else:
         val_loss = F.binary_cross_entropy_with_logits(logits.double(), t).item()
-    probs = to_probs(logits, task).numpy()
     m = mean_ap(y, probs, names)
     out = dict(val_loss=val_loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, score=m["mAP"])
     if task == "multiclass":

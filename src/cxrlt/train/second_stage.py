@@ -268,9 +268,7 @@ def _classifier(net):
 def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None, task: str = "multilabel") -> dict:
     """Validation figures of item logits (train.loop.val_figures); `expand` maps image rows to their
     study's item (fusion: a study's images get its logits, hence bit-identical probabilities)."""
-    if expand is not None:
-        logits = logits[expand]
-    return dict(val_figures(logits, y, names, task), idx=np.arange(len(y)))
+    return dict(val_figures(logits, y, names, task, expand), idx=np.arange(len(y)))
 
 
 def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed,
