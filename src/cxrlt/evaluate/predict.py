@@ -134,7 +134,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
                      **({FULL: best_checkpoint(cfg, FULL)} if full is not None else {}),
-                     **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
+                     **{s: p for s in ("train", "val", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
         old = json.loads(metrics_file.read_text())
         if old.get("inputs") == inputs and old.get("settings") == _settings(cfg) and intact(old.get("outputs"), out):
