@@ -6,6 +6,7 @@
 #   bash run_all.sh --recipes effv2s_768,convnext_768 --blend blend_768   # explicit recipes
 #   bash run_all.sh --from 04 | --only 02 | --force | key=value ...       # resume, one stage, redo, override
 #   bash run_all.sh --compare lt_demo        # method table: recipes of experiments/lt_demo.txt (or a,b,c)
+#   bash run_all.sh --compare sl_demo        # the single-label benchmark's 15 methods on its synthetic demo
 #
 # Stages: 00 demo data, 01 image cache, 02 folds, 03 train, 04 predict, 05 blend, 06 thresholds,
 # 07 submission; with --compare: 01-04 per recipe, then 08 the comparison table. Training and
@@ -44,7 +45,7 @@ fi
 want() { if [ -n "$ONLY" ]; then [ "$1" = "$ONLY" ]; else [ "$1" \> "$FROM" ] || [ "$1" = "$FROM" ]; fi; }
 
 # Which data: the first competition release found under input/, else the synthetic demo.
-DEMO=0
+DEMO=0 DEMO_SL=0
 if [ -z "$RECIPES" ]; then
   preset=""
   for pair in cxr-lt-2023:cxr-lt-2023/train.csv cxr-lt-2024-task1:cxr-lt-2024/train_labeled.csv \
@@ -72,6 +73,7 @@ try:
 except CxrltError as e:
     sys.exit(f'error: {e}')" "experiments/$r.yaml" "${OVERRIDES[@]}") || exit 2
   [ "$p" = demo ] && DEMO=1
+  [ "$p" = demo-single-label ] && DEMO_SL=1
 done
 if [ -n "${LAUNCH:-}" ]; then :
 elif $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
@@ -86,6 +88,7 @@ run() { "$@" "${OVERRIDES[@]}"; }
 
 # DEMO_ARGS: options of src/00_make_demo_data.py, e.g. "--n-train 1000" for a smaller demo
 if want 00 && [ "$DEMO" = 1 ]; then stage "00 demo data"; $PY src/00_make_demo_data.py ${DEMO_ARGS:-} $FORCE; fi
+if want 00 && [ "$DEMO_SL" = 1 ]; then stage "00 single-label demo data"; $PY src/00_make_demo_data.py --single-label ${DEMO_SL_ARGS:-} $FORCE; fi
 for r in "${RLIST[@]}"; do
   cfg=experiments/$r.yaml
   if want 01; then stage "01 image cache [$r]"; run $PY src/01_prepare_images.py --config "$cfg" $FORCE; fi

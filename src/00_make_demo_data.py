@@ -1,4 +1,5 @@
-"""Stage 00: write the synthetic CXR-LT-shaped demo dataset to input/demo/."""
+"""Stage 00: write the synthetic CXR-LT-shaped demo dataset to input/demo/ (or, with --single-label,
+the NIH-CXR-LT-shaped single-label demo to input/demo-single-label/)."""
 import argparse
 
 from cxrlt.cli import run_stage
@@ -18,7 +19,23 @@ def main():
     p.add_argument("--force", action="store_true", help="regenerate even if a complete demo is there")
     p.add_argument("--relabelled", action="store_true", help="instead write input/demo_relabelled/: demo fold 0's "
                    "training images under 2026-style names (the model.init_from example; needs the demo's folds)")
+    p.add_argument("--single-label", action="store_true", help="instead write input/demo-single-label/: the "
+                   "single-label long-tail benchmark's four CSVs (train, balanced-val, test, balanced-test), "
+                   "--n-train images (default 1000), 10 and 20 per class in the balanced sets")
     a = p.parse_args()
+    if a.single_label:
+        from cxrlt.data.demo import make_single_label_demo
+
+        out = project_path("input/demo-single-label" if a.out == "input/demo" else a.out)
+        n_train = 1000 if a.n_train == 3000 else a.n_train
+        r = make_single_label_demo(out, n_train=n_train, max_side=min(a.max_side, 192), seed=a.seed,
+                                   workers=a.workers, force=a.force)
+        if r["skipped"]:
+            print(f"{display_path(out)}: single-label demo already complete (seed {a.seed}); --force regenerates it")
+        else:
+            print(f"wrote {display_path(out)}: " + ", ".join(f"{k} {v} images" for k, v in r["images"].items())
+                  + "; training images per class: " + ", ".join(f"{k} {v}" for k, v in r["train_counts"].items()))
+        return
     if a.relabelled:
         from cxrlt.data.demo import make_relabelled
 

@@ -1,12 +1,26 @@
-"""Stage 02: patient-grouped, multilabel-stratified K folds of the training CSV -> folds/<dataset>_folds.csv."""
+"""Stage 02: patient-grouped, multilabel-stratified K folds of the training CSV -> folds/<dataset>_folds.csv
+(folds.scheme=given: no folds; the validation CSV is the held-out part, summarised here)."""
+import sys
+
 from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.data.folds import build_folds
+from cxrlt.experiment import given_split
 from cxrlt.fileio import display_path
 
 
 def main():
     args = stage_parser(__doc__).parse_args()
     cfg = config_from_args(args)
+    if given_split(cfg):
+        from cxrlt.data.splits import given_summary
+
+        r = given_summary(cfg)
+        print(r["table"].to_string())
+        print(f"folds.scheme=given: trains on the training CSV ({r['n_train']} images), picks the epoch on "
+              f"{display_path(r['val_csv'])} ({r['n_val']} images); no folds file")
+        if r["shared_patients"]:
+            print(f"warning: {r['shared_patients']} patients have images in both CSVs", file=sys.stderr)
+        return
     r = build_folds(cfg, force=args.force)
     if r["skipped"]:
         print(f"{display_path(r['path'])}: already there for seed {cfg.folds.seed}, k={cfg.folds.k}; --force rebuilds it")

@@ -6,7 +6,7 @@ accelerate for several GPUs or nodes:
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import FULL
+from cxrlt.experiment import FULL, fold_ids
 from cxrlt.fileio import display_path
 from cxrlt.train.fold import train_fold
 from cxrlt.train.second_stage import is_second_stage, train_second_stage
@@ -18,7 +18,7 @@ def main():
                    "epochs: train.full_epochs or the folds' median best epoch)")
     args = p.parse_args()
     cfg = config_from_args(args)
-    folds = [args.fold] if args.fold is not None else (cfg.train.folds or list(range(int(cfg.folds.k))))
+    folds = [args.fold] if args.fold is not None else (cfg.train.folds or fold_ids(cfg))
     if args.full:
         if is_second_stage(cfg):
             raise CxrltError("--full: a second stage has no full-data fit (it trains over each fold's backbone)")
@@ -30,11 +30,11 @@ def main():
         print(f"full-data fit: {'already finished' if r.get('skipped') else 'trained'}, {r['epochs']} epochs "
               f"-> {display_path(r['dir'])}")
     for r in results:
+        best = f"best val mAP {r['best_mAP']:.4f}" + (f", bAcc {r['best_score']:.4f}" if r.get("score") == "val_bAcc" else "")
         if r.get("skipped"):
-            print(f"fold {r['fold']}: already finished (best val mAP {r['best_mAP']:.4f} at epoch {r['best_epoch']}); "
-                  f"--force retrains it")
+            print(f"fold {r['fold']}: already finished ({best} at epoch {r['best_epoch']}); --force retrains it")
         else:
-            print(f"fold {r['fold']}: best val mAP {r['best_mAP']:.4f} at epoch {r['best_epoch']} -> {display_path(r['dir'])}")
+            print(f"fold {r['fold']}: {best} at epoch {r['best_epoch']} -> {display_path(r['dir'])}")
 
 
 if __name__ == "__main__":

@@ -74,3 +74,33 @@ def test_run_all_on_a_tiny_demo(tmp_path):
         assert len(oof) == 300 and oof.dicom_id.is_unique
         assert (exp / "demo" / "features" / "fold0").is_dir()
     assert table.recipe.tolist() == ["demo", "demo_crt", "demo_fusion"] and table.mAP.notna().all()
+
+
+@pytest.mark.e2e
+def test_run_all_single_label_methods_table(tmp_path):
+    """The single-label benchmark's table through run_all.sh: demo made, given scheme, first stages,
+    cRT and tau-norm over the baseline, the benchmark's layout."""
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT, proj, ignore=shutil.ignore_patterns(".git", ".venv", "input", "folds", "submissions",
+                                                              "__pycache__", ".pytest_cache", "experiments"))
+    (proj / "experiments").mkdir()
+    for f in (ROOT / "experiments").glob("*.yaml"):
+        shutil.copy(f, proj / "experiments")
+    (proj / "experiments" / "sl_tiny.txt").write_text(
+        "demo_sl_ce\ndemo_sl_rw_ce\ndemo_sl_balanced_mixup\ndemo_sl_crt\ndemo_sl_tau_norm\n")
+    env = dict(os.environ, DEMO_SL_ARGS="--n-train 200 --max-side 64 --workers 1", PYTHONUNBUFFERED="1",
+               PYTHON=__import__("sys").executable)
+    r = subprocess.run(["bash", "run_all.sh", "--compare", "sl_tiny", *TINY, "stage2.epochs=2", "stage2.workers=0",
+                        "predict.bootstrap=0", "compare.bootstrap=20"], cwd=proj, capture_output=True, text=True,
+                       env=env, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = pd.read_csv(proj / "experiments" / "compare_sl_tiny" / "table.csv")
+    assert table.recipe.tolist() == ["demo_sl_ce", "demo_sl_rw_ce", "demo_sl_balanced_mixup", "demo_sl_crt",
+                                     "demo_sl_tau_norm"]
+    assert table[["head", "medium", "tail", "avg", "bAcc", "mF1"]].notna().all().all()
+    val = pd.read_csv(proj / "input" / "demo-single-label" / "balanced-val.csv")
+    for name in table.recipe:
+        oof = pd.read_csv(proj / "experiments" / name / "oof.csv")
+        assert oof["id"].tolist() == val["id"].tolist()          # the given scheme's held-out set
+    assert "fold 0: crt over 'demo_sl_ce' done" in r.stdout and "tau-norm picks" in r.stdout
+    assert (proj / "experiments" / "compare_sl_tiny" / "accuracy_by_group.png").is_file()

@@ -158,7 +158,7 @@ INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "cache.max_image_pixels",
                 "augment.mosaic_off_last_epochs", "loss.drw_epoch", "predict.bootstrap", "compare.bootstrap",
                 "compare.seed", "model.decoder_dim", "model.decoder_heads", "model.decoder_layers", "stage2.epochs",
                 "stage2.batch_size", "stage2.max_views", "stage2.dim", "stage2.layers", "stage2.heads", "stage2.grid",
-                "stage2.batch_features", "stage2.workers", "train.full_epochs"}
+                "stage2.batch_features", "stage2.workers", "train.full_epochs", "train.patience"}
 # (low, high, low inclusive, high inclusive); None = unbounded
 _PROB = (0, 1, True, True)
 RANGES = {
@@ -178,7 +178,7 @@ RANGES = {
     "model.drop_rate": (0, 1, True, False), "model.drop_path_rate": (0, 1, True, False),
     "model.decoder_dim": (1, None, True, None), "model.decoder_heads": (1, None, True, None),
     "model.decoder_layers": (1, None, True, None), "model.csra_lambda": (0, None, True, None),
-    "train.full_epochs": (1, None, True, None), "stage2.epochs": (1, None, True, None), "stage2.batch_size": (1, None, True, None), "stage2.lr": (0, None, False, None),
+    "train.full_epochs": (1, None, True, None), "train.patience": (1, None, True, None), "stage2.epochs": (1, None, True, None), "stage2.batch_size": (1, None, True, None), "stage2.lr": (0, None, False, None),
     "stage2.weight_decay": (0, None, True, None), "stage2.max_views": (1, None, True, None),
     "stage2.dim": (1, None, True, None), "stage2.layers": (1, None, True, None), "stage2.heads": (1, None, True, None),
     "stage2.grid": (1, None, True, None), "stage2.batch_features": (1, None, True, None), "stage2.workers": (0, None, True, None),

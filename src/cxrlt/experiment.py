@@ -12,6 +12,21 @@ def experiment_dir(cfg) -> Path:
 
 
 FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
+SCHEMES = ("kfold", "given")
+
+
+def given_split(cfg) -> bool:
+    """folds.scheme=given: one model trained on the training CSV, its epoch picked on data.val_csv."""
+    scheme = (cfg.get("folds") or {}).get("scheme", "kfold")
+    if scheme not in SCHEMES:
+        raise CxrltError(f"folds.scheme must be one of {', '.join(SCHEMES)}, not '{scheme}'")
+    return scheme == "given"
+
+
+def fold_ids(cfg) -> list[int]:
+    """The folds an experiment trains and predicts: 0..folds.k-1, or [0] with folds.scheme=given
+    (its held-out part is the validation CSV)."""
+    return [0] if given_split(cfg) else list(range(int(cfg.folds.k)))
 
 
 def experiment_path(name: str) -> Path:
@@ -39,7 +54,7 @@ def done_marker(cfg, fold: int) -> Path:
 
 
 # what a checkpoint written before a field existed implicitly had
-_LEGACY = {"head": "linear"}
+_LEGACY = {"head": "linear", "task": "multilabel"}
 # the keys of a second stage that shape its weights, per method
 STAGE2_KEYS = {"crt": (), "tau_norm": (), "fusion": ("grid", "dim", "layers", "heads")}
 
@@ -62,7 +77,7 @@ def fingerprint(cfg, spec, folds: str) -> dict:
     the held-out set it was trained without. A second stage adds its own part (`stage2`)."""
     fp = dict(model=cfg.model.name, in_chans=int(cfg.model.in_chans), head=head_spec(cfg.model),
               image_size=int(cfg.cache.size), resize=cfg.cache.resize, dataset=spec.name, labels=list(spec.labels),
-              folds=folds)
+              folds=folds, task=getattr(spec, "task", "multilabel"))
     s2 = cfg.get("stage2") or {}
     if s2.get("from"):
         method = s2.get("method")

@@ -61,14 +61,15 @@ def mean_ap(y, p, names=None) -> dict:
                 left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)])
 
 
-def evaluate(y, p, names, train_positives, n_train: int, thresholds=None) -> dict:
+def evaluate(y, p, names, train_positives, n_train: int, thresholds=None, groups=None) -> dict:
     """Everything the report shows: mAP, mAUC, mF1 at 0.5 (and at given thresholds), group mAPs,
-    and a per-class table. Groups are by training prevalence."""
+    and a per-class table. Groups are by training prevalence, unless given (a multiclass task's
+    groups by training images, count_groups)."""
     y = np.asarray(y)
     ap = per_class(y, p)
     auc = per_class(y, p, roc_auc_score, need_negatives=True)
     f1 = f1_per_class(y, p, 0.5)
-    groups = prevalence_groups(train_positives, n_train)
+    groups = list(groups) if groups is not None else prevalence_groups(train_positives, n_train)
     out = dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), mF1=_nanmean(f1),
                left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)], n_images=int(len(y)))
     out["groups"] = {g: _nanmean([a for a, gg in zip(ap, groups) if gg == g]) for g in ("head", "medium", "tail")}
@@ -109,3 +110,34 @@ def zero_shot_figures(y, p, names, trained_map: float | None = None, agnostic=No
     return dict(labels=labels, mAP=_nanmean(ap), mAUC=_nanmean(auc), chance=_nanmean(np.where(scored, prev, np.nan)),
                 chance_random=_nanmean(np.where(scored, rand, np.nan)), agnostic=_nanmean(np.where(scored, agn, np.nan)),
                 trained_mAP=trained_map, n_images=int(len(y)), left_out=[n for c, n in enumerate(names) if not scored[c]])
+
+
+# ----------------------------------------------------------------------------- multiclass (one label per image)
+def count_groups(counts, tail_below: int = 100, head_above: int = 1000) -> list[str]:
+    """The single-label benchmark's groups by training images per class (Holste et al. 2022):
+    head > head_above, medium in [tail_below, head_above], tail < tail_below."""
+    return ["head" if c > head_above else "tail" if c < tail_below else "medium" for c in counts]
+
+
+def multiclass_metrics(y, p, names, train_counts, groups=(100, 1000)) -> dict:
+    """The benchmark's figures for one labelled split, predictions = argmax of `p`: per-class
+    accuracy (recall), head / medium / tail accuracy (mean over the group's classes present) and
+    their mean `avg`, `overall` (mean per-class accuracy), accuracy, balanced accuracy and
+    macro-F1 (scikit-learn; over the classes present in the split or predicted)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    y, p = np.asarray(y), np.asarray(p, np.float64)
+    true, pred = y.argmax(1), p.argmax(1)
+    present = y.sum(0) > 0
+    acc = np.array([float((pred[true == c] == c).mean()) if present[c] else np.nan for c in range(y.shape[1])])
+    grp = count_groups(train_counts, *groups)
+    by_group = {g: _nanmean([a for a, gg in zip(acc, grp) if gg == g]) for g in ("head", "medium", "tail")}
+    finite = [v for v in by_group.values() if v == v]
+    return dict(accuracy=float(accuracy_score(true, pred)), bAcc=float(balanced_accuracy_score(true, pred)),
+                mF1=float(f1_score(true, pred, average="macro", zero_division=0.0)),
+                overall=_nanmean(acc), groups=by_group, avg=float(np.mean(finite)) if finite else float("nan"),
+                per_class={n: dict(accuracy=None if np.isnan(a) else float(a), images=int(y[:, c].sum()),
+                                   train_images=int(train_counts[c]), group=g)
+                           for c, (n, a, g) in enumerate(zip(names, acc, grp))},
+                n_images=int(len(y)), group_rule=f"head > {groups[1]}, medium {groups[0]}-{groups[1]}, "
+                                                 f"tail < {groups[0]} training images")

@@ -19,11 +19,18 @@ from cxrlt.data.labels import (
     LABELS_2026,
     ZERO_SHOT_2024_TASK3,
     ZERO_SHOT_2026_TASK2,
+    LABELS_DEMO_SINGLE,
+    LABELS_MIMIC_CXR_LT,
+    LABELS_NIH_CXR_LT,
 )
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "val", "dev", "test")
+TASKS = ("multilabel", "multiclass")
+# Benchmark groups of a multiclass task by training images per class (Holste et al. 2022, seeds/000):
+# tail < 100 <= medium <= 1000 < head.
+BENCHMARK_GROUPS = (100, 1000)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class DatasetSpec:
     dir: Path
     image_root: Path
     train_csv: Path
+    val_csv: Path | None
     dev_csv: Path | None
     test_csv: Path | None
     sample_submission: Path | None
@@ -51,14 +59,25 @@ class DatasetSpec:
     @property
     def submission_labels(self) -> tuple[str, ...]:
         return self.submission if self.submission is not None else self.labels
+    task: str = "multilabel"     # multilabel (sigmoid per class) | multiclass (one label per image, softmax)
+    group_counts: tuple = ()     # multiclass: (tail below, head above) training images; () = prevalence groups
 
     def csv(self, split: str) -> Path | None:
-        return {"train": self.train_csv, "dev": self.dev_csv, "test": self.test_csv}[split]
+        return {"train": self.train_csv, "val": self.val_csv, "dev": self.dev_csv, "test": self.test_csv}[split]
+
+    @property
+    def multiclass(self) -> bool:
+        return self.task == "multiclass"
 
 
 _MIMIC_2023 = dict(id_col="dicom_id", path_col="path", patient_col="subject_id",
                    study_col="study_id", view_col="ViewPosition")
 _MIMIC_2024 = dict(_MIMIC_2023, path_col="fpath")
+# The single-label long-tail benchmark (Holste et al. 2022; github.com/VITA-Group/LongTailCXR labels/):
+# train / balanced-val (15 per class) / test (natural) / balanced-test (30 per class). Here the
+# balanced validation CSV is `val_csv` (folds.scheme=given selects the epoch on it), the balanced
+# test set is `dev_csv` and the natural test set `test_csv`; both test sets are labelled and scored.
+_SINGLE = dict(task="multiclass", group_counts=list(BENCHMARK_GROUPS))
 
 # Paths are relative to data.input_dir (default: input/).
 PRESETS: dict[str, dict] = {
@@ -96,11 +115,31 @@ PRESETS: dict[str, dict] = {
         dir="demo", image_root="demo", train_csv="train.csv", dev_csv="development.csv",
         test_csv="test.csv", sample_submission="sample_submission.csv",
         labels=LABELS_2023, normal_label="No Finding", normal_allows=["Support Devices"], **_MIMIC_2023),
+    "nih-cxr-lt": dict(
+        dir="nih-cxr-lt", image_root="nih-chestxray14/images", train_csv="nih-cxr-lt_single-label_train.csv",
+        val_csv="nih-cxr-lt_single-label_balanced-val.csv", dev_csv="nih-cxr-lt_single-label_balanced-test.csv",
+        test_csv="nih-cxr-lt_single-label_test.csv", sample_submission=None, id_col="id", path_col="id",
+        patient_col="subject_id", study_col=None, view_col=None, labels=LABELS_NIH_CXR_LT,
+        normal_label="No Finding", **_SINGLE),
+    "mimic-cxr-lt": dict(
+        dir="mimic-cxr-lt", image_root="mimic-cxr-jpg", train_csv="mimic-cxr-lt_single-label_train.csv",
+        val_csv="mimic-cxr-lt_single-label_balanced-val.csv", dev_csv="mimic-cxr-lt_single-label_balanced-test.csv",
+        test_csv="mimic-cxr-lt_single-label_test.csv", sample_submission=None, id_col="dicom_id", path_col="path",
+        patient_col="subject_id", study_col="study_id", view_col=None, labels=LABELS_MIMIC_CXR_LT,
+        normal_label="No Finding", **_SINGLE),
+    # the synthetic single-label demo (src/00_make_demo_data.py --single-label): NIH-CXR-LT's file layout,
+    # a few hundred images, groups scaled to its size
+    "demo-single-label": dict(
+        dir="demo-single-label", image_root="demo-single-label", train_csv="train.csv", val_csv="balanced-val.csv",
+        dev_csv="balanced-test.csv", test_csv="test.csv", sample_submission=None, id_col="id", path_col="path",
+        patient_col="subject_id", study_col=None, view_col=None, labels=LABELS_DEMO_SINGLE,
+        normal_label="No Finding", task="multiclass", group_counts=[40, 120]),
 }
 REQUIRED_CUSTOM = ("dir", "train_csv", "id_col", "path_col", "patient_col", "labels")
-_FIELDS = ("name", "dir", "image_root", "train_csv", "dev_csv", "test_csv", "sample_submission",
+_FIELDS = ("name", "dir", "image_root", "train_csv", "val_csv", "dev_csv", "test_csv", "sample_submission",
            "id_col", "path_col", "patient_col", "study_col", "view_col", "labels",
-           "normal_label", "normal_allows", "label_map", "holdout_labels", "zero_shot_labels", "submission_labels")
+           "normal_label", "normal_allows", "label_map", "holdout_labels", "zero_shot_labels", "submission_labels",
+           "task", "group_counts")
 
 
 def resolve_dataset(data) -> DatasetSpec:
@@ -141,10 +180,21 @@ def resolve_dataset(data) -> DatasetSpec:
     normal = vals.get("normal_label")
     if normal is not None and normal not in labels:
         normal = None  # e.g. a custom label set without a normal class
+    task = vals.get("task") or "multilabel"
+    if task not in TASKS:
+        raise CxrltError(f"data.task must be one of {', '.join(TASKS)}, not '{task}'")
+    if task == "multiclass" and (holdout or zero_shot):
+        raise CxrltError(f"data.{'holdout_labels' if holdout else 'zero_shot_labels'}: zero-shot labels are scored "
+                         f"beside the trained ones one sigmoid each, not with data.task=multiclass (one softmax)")
+    groups = vals.get("group_counts") or (list(BENCHMARK_GROUPS) if task == "multiclass" else [])
+    if groups and (len(groups) != 2 or not all(isinstance(g, (int, float)) for g in groups) or groups[0] > groups[1]):
+        raise CxrltError(f"data.group_counts must be [tail below, head above] training images, e.g. [100, 1000], "
+                         f"not {groups!r}")
     return DatasetSpec(
         name=str(vals["name"]), dir=ddir,
         image_root=under(input_dir, vals.get("image_root")) or ddir,
-        train_csv=under(ddir, vals["train_csv"]), dev_csv=under(ddir, vals.get("dev_csv")),
+        train_csv=under(ddir, vals["train_csv"]), val_csv=under(ddir, vals.get("val_csv")),
+        dev_csv=under(ddir, vals.get("dev_csv")),
         test_csv=under(ddir, vals.get("test_csv")),
         sample_submission=under(ddir, vals.get("sample_submission")),
         id_col=vals["id_col"], path_col=vals["path_col"], patient_col=vals["patient_col"],
@@ -153,6 +203,7 @@ def resolve_dataset(data) -> DatasetSpec:
         normal_allows=tuple(x for x in (vals.get("normal_allows") or ()) if x in labels),
         label_map={str(k): int(v) for k, v in (vals.get("label_map") or {}).items()},
         holdout_labels=holdout, zero_shot_labels=zero_shot, submission=submission,
+        task=task, group_counts=tuple(int(g) for g in groups),
     )
 
 
@@ -219,6 +270,13 @@ def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) ->
             raise CxrltError(f"{shown}: row {_row(i)}, column '{col}': label value '{df[col].iloc[i]}' is not 0 or 1"
                              f"{hint}; {int(bad.sum())} such cells in this column")
         df[col] = num.astype(np.uint8)
+    if spec.multiclass:   # one label per image: exactly one 1 in the label columns
+        n_pos = df[list(spec.labels)].to_numpy().sum(1)
+        bad = np.flatnonzero(n_pos != 1)
+        if len(bad):
+            i = int(bad[0])
+            raise CxrltError(f"{shown}: row {_row(i)}: {int(n_pos[i])} labels set, data.task=multiclass needs exactly "
+                             f"one per row; {len(bad)} such rows")
     return df
 
 
@@ -245,3 +303,29 @@ def check_images_exist(spec: DatasetSpec, df: pd.DataFrame, split: str) -> None:
 
 def label_matrix(spec: DatasetSpec, df: pd.DataFrame) -> np.ndarray:
     return df[list(spec.labels)].to_numpy(dtype=np.float32)
+
+
+def check_task(cfg, spec: DatasetSpec) -> None:
+    """Settings that contradict data.task=multiclass (one label per image), refused in one line
+    before any work: mosaic (four films, several findings), the union rule of mixed labels,
+    normal gating and per-class fold normalisation (each breaks the comparison across classes that
+    a softmax's argmax makes)."""
+    if not spec.multiclass:
+        return
+    a, p = cfg.augment, cfg.predict
+    if float(a.get("mosaic") or 0) > 0:
+        raise CxrltError(f"augment.mosaic={a.mosaic}: a 4-film mosaic shows several findings, data.task=multiclass has "
+                         f"one label per image; set augment.mosaic=0")
+    mixes = [k for k in ("mixup", "balanced_mixup", "cutmix") if float(a.get(k) or 0) > 0]
+    if mixes and a.get("mix_labels", "union") != "linear":
+        raise CxrltError(f"augment.{mixes[0]}={a[mixes[0]]} with augment.mix_labels={a.get('mix_labels')}: a multiclass "
+                         f"label mixes linearly (MixUp's own rule); set augment.mix_labels=linear")
+    if p.get("normal_gating") is not None:
+        raise CxrltError(f"predict.normal_gating={p.normal_gating}: not for data.task=multiclass (the softmax already "
+                         f"weighs 'no finding' against the findings); set it to null")
+    if p.get("zero_shot_labels"):
+        raise CxrltError("predict.zero_shot_labels: zero-shot labels are scored one sigmoid each, not with "
+                         "data.task=multiclass (one softmax over the trained classes)")
+    if p.get("oof_normalise", "none") != "none":
+        raise CxrltError(f"predict.oof_normalise={p.oof_normalise}: a per-class map breaks the comparison across classes "
+                         f"of data.task=multiclass; set it to none")

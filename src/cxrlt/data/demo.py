@@ -507,3 +507,95 @@ def make_relabelled(demo_dir: Path, folds_csv: Path, out_dir: Path, fold: int = 
         write_csv(out_dir / name, df[cols].rename(columns=RELABEL))
     write_csv(out_dir / "test.csv", pd.read_csv(demo_dir / "test.csv", dtype={"dicom_id": str})[META_COLS])
     return dict(train=len(keep), labels=list(RELABEL.values()))
+
+
+# ----------------------------------------------------------------------------- the single-label demo
+def single_label_counts(n_train: int, n_classes: int, imbalance: float = 25.0) -> np.ndarray:
+    """Training images per class, geometric from the first (most frequent) class down to
+    1/imbalance of it (the benchmark's imbalance factor is ~4,500-6,500; a tiny demo keeps >= 4)."""
+    r = np.power(1.0 / imbalance, np.arange(n_classes) / max(n_classes - 1, 1))
+    counts = np.maximum(4, np.round(r / r.sum() * n_train)).astype(int)
+    counts[0] += n_train - counts.sum()
+    return counts
+
+
+def make_single_label_demo(out_dir: Path, n_train: int = 1000, val_per_class: int = 10, test_per_class: int = 20,
+                           n_test: int = 300, max_side: int = 192, seed: int = 0, workers: int = 2,
+                           force: bool = False, progress: bool = True) -> dict:
+    """A synthetic NIH-CXR-LT-shaped single-label dataset (issue: the single-label benchmark): one
+    finding per film (LABELS_DEMO_SINGLE, long-tailed), the benchmark's four CSVs: train,
+    balanced-val (val_per_class per class), test (natural distribution) and balanced-test
+    (test_per_class per class), columns id, path, the labels (one-hot), subject_id. Patients (1-3
+    films each) are disjoint across the four splits. Skips when a complete one with the same
+    settings is there."""
+    from cxrlt.data.labels import LABELS_DEMO_SINGLE
+    from cxrlt.progress import progress_bar
+
+    out_dir = Path(out_dir)
+    names = list(LABELS_DEMO_SINGLE)
+    meta = dict(n_train=n_train, val_per_class=val_per_class, test_per_class=test_per_class, n_test=n_test,
+                max_side=max_side, seed=seed, version=1)
+    files = ("train.csv", "balanced-val.csv", "test.csv", "balanced-test.csv")
+    meta_file = out_dir / "demo_meta.json"
+    if meta_file.is_file() and not force:
+        old = json.loads(meta_file.read_text())
+        if old == meta and all((out_dir / f).is_file() for f in files):
+            return dict(meta, skipped=True)
+        if old != meta:
+            raise CxrltError(f"{display_path(out_dir)}: holds a single-label demo made with other settings ({old}); "
+                             f"add --force to replace it")
+    if force and meta_file.is_file():
+        shutil.rmtree(out_dir / "images", ignore_errors=True)  # only ever our own generated files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(meta_file, json.dumps(meta))
+    rng = np.random.default_rng([seed, 10])
+    counts = single_label_counts(n_train, len(names))
+    natural = counts / counts.sum()
+    test_counts = np.maximum(1, np.round(natural * n_test)).astype(int)
+    per_split = {"train": counts, "balanced-val": np.full(len(names), val_per_class),
+                 "test": test_counts, "balanced-test": np.full(len(names), test_per_class)}
+    next_subject = iter(rng.choice(np.arange(1, 99_999_999), size=sum(int(c.sum()) for c in per_split.values()),
+                                   replace=False))
+    tables, jobs = {}, []
+    for s_no, (split, cnt) in enumerate(per_split.items()):
+        cls = rng.permutation(np.repeat(np.arange(len(names)), cnt))
+        rows, i = [], 0
+        while i < len(cls):          # a patient has 1-3 films (each with its own finding)
+            subject, n = int(next(next_subject)), int(min(len(cls) - i, 1 + rng.poisson(0.5)))
+            for j in range(n):
+                rows.append((f"{subject:08d}_{j:03d}.png", subject, int(cls[i + j])))
+            i += n
+        df = pd.DataFrame(rows, columns=["id", "subject_id", "cls"])
+        df["path"] = "images/" + df["id"]
+        onehot = np.eye(len(names), dtype=int)[df.pop("cls").to_numpy()]
+        tables[split] = pd.concat([df[["id", "path"]], pd.DataFrame(onehot, columns=names), df[["subject_id"]]], axis=1)
+        size_rng = np.random.default_rng([seed, 11, s_no])
+        for r, lab in zip(df["path"], onehot):
+            w = int(max_side * size_rng.uniform(0.8, 1.0))
+            h = int(min(max_side * 1.2, w * size_rng.uniform(0.9, 1.2)))
+            y23 = np.zeros(len(LABELS_2023), int)
+            y23[L[names[int(lab.argmax())]]] = 1
+            view = "PA" if size_rng.random() < 0.6 else "AP"
+            jobs.append((str(out_dir), r, y23, view, h, w, [seed, 12, s_no, len(jobs)]))
+    jobs = [j for j in jobs if not (out_dir / j[1]).is_file()]   # resume
+    bar = progress_bar(len(jobs), "single-label demo images", "img", progress)
+    if workers > 1 and len(jobs) > 200:
+        with get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_render_png_job, jobs, chunksize=32):
+                bar.update()
+    else:
+        for j in jobs:
+            _render_png_job(j)
+            bar.update()
+    bar.close()
+    for split, df in tables.items():       # CSVs last: their presence marks a complete demo
+        write_csv(out_dir / f"{split}.csv", df)
+    return dict(meta, skipped=False, images={k: len(v) for k, v in tables.items()},
+                train_counts=dict(zip(names, counts.tolist())))
+
+
+def _render_png_job(job):
+    out_dir, rel, labels, view, h, w, seed_seq = job
+    img = render(np.asarray(labels), view, h, w, np.random.default_rng(seed_seq))
+    ok, buf = cv2.imencode(".png", img)
+    write_bytes(Path(out_dir) / rel, buf.tobytes())

@@ -278,9 +278,11 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
     for split in SPLITS:
         path = spec.csv(split)
         if split != "train" and (path is None or not path.is_file()):
-            notes.append(f"no {split} CSV ({display_path(path) if path else 'none in preset'}); skipped")
+            if not (split == "val" and path is None):     # most presets have no validation CSV: no note
+                notes.append(f"no {split} CSV ({display_path(path) if path else 'none in preset'}); skipped")
             continue
-        frames[split] = read_split(spec, split, labels={"train": "required", "dev": "auto", "test": "none"}[split])
+        frames[split] = read_split(spec, split, labels={"train": "required", "val": "auto", "dev": "auto",
+                                                        "test": "none"}[split])
     items: dict[str, str] = {}
     for split, df in frames.items():
         for image_id, rel in zip(df[spec.id_col], df[spec.path_col]):

@@ -43,7 +43,28 @@ LABELS_2026 = [
 # images) and CXR-LT 2026 task 2 (the 2026 PadChest test images).
 ZERO_SHOT_2024_TASK3 = ["Bulla", "Cardiomyopathy", "Hilum", "Osteopenia", "Scoliosis"]
 ZERO_SHOT_2026_TASK2 = ["Scoliosis", "Osteopenia", "Bulla", "Infarction", "Adenopathy", "Goiter"]
+# The single-label long-tail benchmark (Holste et al., MICCAI DALI 2022; seeds/000), label columns in
+# file order: NIH-CXR-LT (20 classes, ChestX-ray14's 14 + 5 new findings + No Finding) and MIMIC-CXR-LT
+# (19 classes), as in github.com/VITA-Group/LongTailCXR labels/*.csv.
+LABELS_NIH_CXR_LT = [
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis", "Hernia",
+    "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax", "Pneumoperitoneum",
+    "Pneumomediastinum", "Subcutaneous Emphysema", "Tortuous Aorta", "Calcification of the Aorta", "No Finding",
+]
+LABELS_MIMIC_CXR_LT = [
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
+    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices", "Pneumoperitoneum", "Pneumomediastinum", "Subcutaneous Emphysema",
+    "Tortuous Aorta", "Calcification of the Aorta",
+]
+# The synthetic single-label demo: findings the demo phantom draws distinctly (data/demo.py), most
+# frequent first.
+LABELS_DEMO_SINGLE = [
+    "No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Support Devices", "Atelectasis",
+    "Nodule", "Fracture", "Mass", "Pneumoperitoneum",
+]
 
 assert len(LABELS_2023) == len(COUNTS_2023) == 26
+assert len(LABELS_NIH_CXR_LT) == 20 and len(LABELS_MIMIC_CXR_LT) == 19
 assert len(LABELS_2024) == 40 and len(LABELS_2024_TASK2) == 26 and len(LABELS_2026) == 30
 

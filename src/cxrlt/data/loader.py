@@ -143,13 +143,27 @@ def repeat_factors(labels: np.ndarray, t: float, cap: float) -> np.ndarray:
     return np.minimum(per_image, cap)
 
 
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Class-balanced sampling weights (Kang et al. 2020, the benchmark's cRT and Balanced-MixUp):
+    an image weighs 1 / n_c of its class (the max over its positive classes), so every class is
+    drawn equally often; images without a positive weigh as a class of their own."""
+    n = np.clip(labels.sum(0), 1, None)
+    per_image = np.where(labels > 0, 1.0 / n[None, :], 0.0).max(1)
+    none = per_image == 0
+    return np.where(none, 1.0 / max(int(none.sum()), 1), per_image)
+
+
+SAMPLERS = ("random", "class_aware", "class_balanced")
+
+
 def make_loader(ds: CxrDataset, batch_size: int, workers: int, train: bool, tcfg=None) -> DataLoader:
     sampler = None
-    if train and tcfg is not None and tcfg.sampler == "class_aware":
-        w = repeat_factors(ds.labels, float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
+    if train and tcfg is not None and tcfg.sampler in ("class_aware", "class_balanced"):
+        w = (repeat_factors(ds.labels, float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
+             if tcfg.sampler == "class_aware" else class_balanced_weights(ds.labels))
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), num_samples=len(ds), replacement=True)
     elif train and tcfg is not None and tcfg.sampler != "random":
-        raise CxrltError(f"train.sampler must be random or class_aware, not '{tcfg.sampler}'")
+        raise CxrltError(f"train.sampler must be one of {', '.join(SAMPLERS)}, not '{tcfg.sampler}'")
     return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=train,
                       worker_init_fn=_worker_init if workers > 0 else None,

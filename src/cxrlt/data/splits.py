@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+import pandas as pd
+
 from cxrlt.config import rerun_hint
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
 from cxrlt.data.folds import folds_path, read_folds
 from cxrlt.data.images import Cache
 from cxrlt.errors import CxrltError
+from cxrlt.experiment import given_split
 from cxrlt.fileio import display_path
 
 
@@ -28,8 +32,16 @@ def view_rows(cfg, spec, df):
 
 def training_data(cfg):
     """(spec, training table, cached file per row, label matrix, fold per row), all checked; only
-    the rows of `data.views` when it is set."""
+    the rows of `data.views` when it is set. folds.scheme=given: the training CSV's rows (fold -1,
+    never held out) followed by the validation CSV's (fold 0, the held-out part)."""
     spec = resolve_dataset(cfg.data)
+    if given_split(cfg):
+        df, fold_of = given_table(cfg, spec, labels="required")
+        cache = Cache.from_config(cfg, spec.name)
+        train = fold_of < 0
+        files = (cache.require(df[spec.id_col][train], spec.train_csv, cfg)
+                 + cache.require(df[spec.id_col][~train], spec.val_csv, cfg))
+        return spec, df, files, label_matrix(spec, df), fold_of
     df = read_split(spec, "train", labels="required")
     fpath = folds_path(cfg, spec)
     if not fpath.is_file():
@@ -38,6 +50,38 @@ def training_data(cfg):
     df = view_rows(cfg, spec, df)
     files = Cache.from_config(cfg, spec.name).require(df[spec.id_col], spec.train_csv, cfg)
     return spec, df, files, label_matrix(spec, df), folds.loc[df[spec.id_col]].to_numpy()
+
+
+def given_table(cfg, spec, labels: str = "required") -> tuple[pd.DataFrame, np.ndarray]:
+    """folds.scheme=given: the training CSV's rows then the validation CSV's (the columns both
+    have), and the fold of each row: -1 (trained on) or 0 (held out). An id in both CSVs is refused."""
+    if spec.val_csv is None:
+        raise CxrltError(f"folds.scheme=given needs a validation CSV: dataset preset '{spec.name}' has none "
+                         f"(set data.val_csv)")
+    train = view_rows(cfg, spec, read_split(spec, "train", labels=labels))
+    val = view_rows(cfg, spec, read_split(spec, "val", labels=labels))
+    both = set(train[spec.id_col]) & set(val[spec.id_col])
+    if both:
+        raise CxrltError(f"{display_path(spec.val_csv)}: {len(both)} ids are also in the training CSV "
+                         f"{display_path(spec.train_csv)}, e.g. '{sorted(both)[0]}'; a held-out image must not be trained on")
+    cols = [c for c in train.columns if c in val.columns]
+    df = pd.concat([train[cols], val[cols]], ignore_index=True)
+    return df, np.r_[np.full(len(train), -1), np.zeros(len(val), int)]
+
+
+def oof_table(cfg, spec=None):
+    """The labelled rows an experiment's oof.csv covers, in its order: the training CSV (the
+    recipe's views) with K folds, the validation CSV with folds.scheme=given."""
+    spec = spec or resolve_dataset(cfg.data)
+    return view_rows(cfg, spec, read_split(spec, "val" if given_split(cfg) else "train", labels="required"))
+
+
+def training_counts(cfg, spec=None) -> tuple[np.ndarray, int]:
+    """Positives per class and images of the training CSV (the recipe's views): what head / medium /
+    tail groups are made from, whatever the scheme."""
+    spec = spec or resolve_dataset(cfg.data)
+    train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))
+    return label_matrix(spec, train).sum(0), len(train)
 
 
 def assignment_hash(ids, folds) -> str:
@@ -63,6 +107,9 @@ def current_full_assignment(cfg, spec=None) -> str:
 def current_assignment(cfg, spec=None) -> str:
     """The assignment hash of the folds file as it is now (no image-cache check: cheap)."""
     spec = spec or resolve_dataset(cfg.data)
+    if given_split(cfg):
+        df, fold_of = given_table(cfg, spec, labels="none")
+        return assignment_hash(df[spec.id_col], fold_of)
     df = read_split(spec, "train", labels="none")
     fpath = folds_path(cfg, spec)
     if not fpath.is_file():
@@ -70,3 +117,17 @@ def current_assignment(cfg, spec=None) -> str:
     folds = read_folds(fpath, spec, df, k=int(cfg.folds.k)).set_index(spec.id_col).fold
     df = view_rows(cfg, spec, df)
     return assignment_hash(df[spec.id_col], folds.loc[df[spec.id_col]].to_numpy())
+
+
+def given_summary(cfg) -> dict:
+    """folds.scheme=given (stage 02 makes no folds file): images per class in the training and
+    validation CSVs, and the patients they share (the benchmark's splits share none)."""
+    spec = resolve_dataset(cfg.data)
+    df, fold_of = given_table(cfg, spec, labels="required")
+    y = label_matrix(spec, df)
+    table = pd.DataFrame({"train": y[fold_of < 0].sum(0).astype(int), "val": y[fold_of == 0].sum(0).astype(int)},
+                         index=list(spec.labels))
+    pats = df[spec.patient_col].astype(str)
+    shared = set(pats[fold_of < 0]) & set(pats[fold_of == 0])
+    return dict(table=table, shared_patients=len(shared), n_train=int((fold_of < 0).sum()),
+                n_val=int((fold_of == 0).sum()), val_csv=spec.val_csv)

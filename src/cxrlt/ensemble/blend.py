@@ -17,6 +17,7 @@ from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.data.splits import oof_table
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir, experiment_path
@@ -122,12 +123,13 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     names, id_col = list(spec.labels), spec.id_col
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
-    train = read_split(spec, "train", labels="required")
+    train = oof_table(cfg, spec)      # the rows the members' oof.csv cover (training CSV, or the given validation CSV)
     if bc.mode == "route":
         return _route(cfg, spec, train, members, out, force)
     ids, folds, oof = load_members(members, names, id_col, "oof")
     if ids != train[id_col].tolist():
-        raise CxrltError("blend: the members' OOF ids are not the training CSV's ids in order")
+        raise CxrltError("blend: the members' OOF ids are not the training CSV's ids in order (members trained with "
+                         "another folds.scheme than the blend recipe's?)")
     inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in ("oof.csv", "test.csv", "development.csv")
                      if (member_dir(m) / f).is_file()})
     settings = dict(members=members, mode=bc.mode, fit_steps=int(bc.fit_steps))

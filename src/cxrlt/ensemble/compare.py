@@ -22,7 +22,7 @@ import pandas as pd
 
 from cxrlt.config import Config, load_config
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
-from cxrlt.data.splits import view_rows
+from cxrlt.data.splits import oof_table
 from cxrlt.ensemble.thresholds import honest_f1
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
@@ -81,7 +81,7 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
             raise CxrltError(f"recipe '{cfg.name}': {display_path(exp / f)} not found; run "
                              f"src/{stage}.py --config {display_path(cfg.recipe)}")
     m = json.loads((exp / "metrics.json").read_text())
-    train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))   # a specialist: its views
+    train = oof_table(cfg, spec)   # the OOF rows: a specialist's views; the validation CSV with folds.scheme=given
     oof = read_predictions(exp / "oof.csv", spec.labels, spec.id_col, ids=train[spec.id_col])
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(exp / 'oof.csv')}: no fold column")
@@ -133,6 +133,8 @@ def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | Non
     baseline = baseline or names[0]
     if baseline not in names:
         raise CxrltError(f"baseline '{baseline}' is not one of the compared recipes ({', '.join(names)})")
+    if resolve_dataset(cfgs[0].data).multiclass:      # the single-label benchmark's layout
+        return benchmark_table(cfgs, out, baseline)
     cc = cfgs[0].get("compare") or {}
     n_boot = check_count("compare.bootstrap", cc.get("bootstrap", 1000))
     seed = check_count("compare.seed", cc.get("seed", 0))
@@ -240,4 +242,135 @@ def plot_groups(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(x, table["recipe"], rotation=20, ha="right")
     ax.set_ylabel("OOF mAP"), ax.set_ylim(0, 1), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8)
     ax.set_title("OOF mAP by prevalence group")
+    return save_figure(path, fig)
+
+
+# ----------------------------------------------------------------------------- the single-label benchmark's table
+BENCH_COLUMNS = ["recipe", "head", "medium", "tail", "avg", "overall", "mF1", "bAcc", "val_bAcc", "d_avg", "d_avg_lo",
+                 "d_avg_hi", "d_bAcc", "d_bAcc_lo", "d_bAcc_hi", "train_min"]
+BENCH_NOTE = ("The layout of Holste et al. 2022 (seeds/000), every figure from the argmax of the softmax: head / "
+              "medium / tail = mean per-class accuracy of each group on the balanced test set ({dev}; groups by "
+              "training images per class: {rule}), avg = their mean, overall = mean per-class accuracy there; mF1 "
+              "(macro-F1) and bAcc (balanced accuracy, scikit-learn) on the natural test set ({test}); val_bAcc: the "
+              "validation CSV the epoch was picked on (not an honest figure). d_*: minus the baseline, 95 % interval "
+              "of a paired bootstrap over patients of that test set ({n} resamples, seed {seed}); n.d.: contains 0")
+
+
+def _balanced_accuracy(true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes present (scikit-learn's balanced_accuracy_score, vectorised for the bootstrap)."""
+    hit = np.bincount(true, weights=(pred == true).astype(float), minlength=n_classes)
+    n = np.bincount(true, minlength=n_classes)
+    return float((hit[n > 0] / n[n > 0]).mean())
+
+
+def _group_avg(true, pred, n_classes, groups) -> float:
+    hit = np.bincount(true, weights=(pred == true).astype(float), minlength=n_classes)
+    n = np.bincount(true, minlength=n_classes)
+    acc = np.where(n > 0, hit / np.maximum(n, 1), np.nan)
+    means = [np.nanmean(acc[groups == g]) for g in ("head", "medium", "tail") if np.isfinite(acc[groups == g]).any()]
+    return float(np.mean(means))
+
+
+def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
+    """Stage 08 for data.task=multiclass: the benchmark's table from each recipe's metrics.json and
+    predictions, with paired-bootstrap intervals of d_avg (balanced test) and d_bAcc (test)."""
+    from cxrlt.data.splits import training_counts
+    from cxrlt.metrics import count_groups
+
+    cc = cfgs[0].get("compare") or {}
+    n_boot, seed = check_count("compare.bootstrap", cc.get("bootstrap", 1000)), check_count("compare.seed", cc.get("seed", 0))
+    spec = resolve_dataset(cfgs[0].data)
+    names = list(spec.labels)
+    pos, _ = training_counts(cfgs[0], spec)
+    groups = np.array(count_groups(pos, *spec.group_counts))
+    truth = {}
+    for split, key in (("dev", "development"), ("test", "test")):
+        df = read_split(spec, split, labels="required")
+        truth[key] = (df, label_matrix(spec, df).argmax(1))
+    rng = np.random.default_rng(seed)
+    draws = {}
+    for key, (df, _) in truth.items():       # patient resamples shared by every recipe (paired)
+        pats = df[spec.patient_col].astype(str).to_numpy()
+        uniq, inv = np.unique(pats, return_inverse=True)
+        rows = [np.flatnonzero(inv == u) for u in range(len(uniq))]
+        draws[key] = [np.concatenate([rows[i] for i in rng.integers(0, len(uniq), len(uniq))]) for _ in range(n_boot)]
+    rows, boots, first = [], {}, None
+    for cfg in cfgs:
+        exp = experiment_dir(cfg)
+        mfile = exp / "metrics.json"
+        if not mfile.is_file():
+            raise CxrltError(f"recipe '{cfg.name}': {display_path(mfile)} not found; run src/04_predict.py --config "
+                             f"{display_path(cfg.recipe)}")
+        m = json.loads(mfile.read_text())
+        mc = m.get("multiclass") or {}
+        missing = [k for k in ("development", "test") if k not in mc]
+        if missing:
+            raise CxrltError(f"recipe '{cfg.name}': {display_path(mfile)} has no multiclass figures for "
+                             f"{' and '.join(missing)} (labelled development and test CSVs are needed); rerun stage 04")
+        ids = pd.read_csv(exp / "oof.csv", usecols=[spec.id_col], dtype=str)[spec.id_col].tolist()
+        if first is None:
+            first = (cfg.name, ids)
+        elif ids != first[1]:
+            raise CxrltError(f"recipes '{first[0]}' and '{cfg.name}': OOF ids differ or are in another order")
+        pred = {}
+        for key, fname in (("development", "development.csv"), ("test", "test.csv")):
+            p = read_predictions(exp / fname, names, spec.id_col, ids=truth[key][0][spec.id_col])
+            pred[key] = p[names].to_numpy().argmax(1)
+        boots[cfg.name] = dict(
+            avg=np.array([_group_avg(truth["development"][1][r], pred["development"][r], len(names), groups)
+                          for r in draws["development"]]),
+            bAcc=np.array([_balanced_accuracy(truth["test"][1][r], pred["test"][r], len(names)) for r in draws["test"]]))
+        dev, test = mc["development"], mc["test"]
+        rows.append(dict(recipe=cfg.name, **dev["groups"], avg=dev["avg"], overall=dev["overall"], mF1=test["mF1"],
+                         bAcc=test["bAcc"], val_bAcc=mc.get("oof", {}).get("bAcc", float("nan")),
+                         train_min=train_minutes(exp)))
+    base = next(r for r in rows if r["recipe"] == baseline)
+    for r in rows:
+        for k in ("avg", "bAcc"):
+            r[f"d_{k}"] = r[k] - base[k]
+            lo = hi = float("nan")
+            if n_boot and r["recipe"] != baseline:
+                lo, hi = interval(boots[r["recipe"]][k] - boots[baseline][k])
+            r[f"d_{k}_lo"], r[f"d_{k}_hi"] = lo, hi
+    table = pd.DataFrame(rows)[BENCH_COLUMNS]
+    shown = pd.DataFrame({"recipe": table.recipe, **{c: table[c] for c in ("head", "medium", "tail", "avg", "overall",
+                                                                          "mF1", "bAcc", "val_bAcc")},
+                          "d_avg": table.d_avg, "d_avg 95 % CI": [_ci_pair(r, "d_avg") for _, r in table.iterrows()],
+                          "d_bAcc": table.d_bAcc, "d_bAcc 95 % CI": [_ci_pair(r, "d_bAcc") for _, r in table.iterrows()],
+                          "train_min": table.train_min})
+    md = "\n".join([
+        markdown_table(shown), "",
+        BENCH_NOTE.format(dev=display_path(spec.dev_csv), test=display_path(spec.test_csv),
+                          rule=f"tail < {spec.group_counts[0]} <= medium <= {spec.group_counts[1]} < head",
+                          n=n_boot, seed=seed) + ".", "", f"baseline: {baseline}."]) + "\n"
+    out = Path(out)
+    files = [write_text(out / "table.md", md), write_csv(out / "table.csv", table),
+             plot_benchmark(table, out / "accuracy_by_group.png")]
+    return dict(table=table, markdown=md, dir=out, files=files, baseline=baseline)
+
+
+def _ci_pair(r, key: str) -> str:
+    lo, hi = r[f"{key}_lo"], r[f"{key}_hi"]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "-"
+    return f"[{lo:+.4f}, {hi:+.4f}]" + ("" if lo > 0 or hi < 0 else " n.d.")
+
+
+def plot_benchmark(table: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars per recipe: head / medium / tail / avg accuracy (balanced test) and test bAcc."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["head", "medium", "tail", "avg", "bAcc"]
+    colors = ["#1f77b4", "#ff7f0e", "#d62728", "#444444", "#2ca02c"]
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(table) + 2), 4.2))
+    for i, (k, c) in enumerate(zip(keys, colors)):
+        ax.bar(x + (i - 2) * 0.16, np.nan_to_num(table[k].to_numpy(float)), 0.16, color=c,
+               label=k if k != "bAcc" else "test bAcc")
+    ax.set_xticks(x, table["recipe"], rotation=25, ha="right")
+    ax.set_ylabel("accuracy"), ax.set_ylim(0, 1), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8, ncol=5)
+    ax.set_title("Single-label benchmark: balanced-test accuracy by group, test balanced accuracy")
     return save_figure(path, fig)

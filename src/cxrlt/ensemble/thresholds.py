@@ -17,8 +17,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve
 
 from cxrlt.config import Config, rerun_hint
-from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
-from cxrlt.data.splits import view_rows
+from cxrlt.data.datasets import label_matrix, resolve_dataset
+from cxrlt.data.splits import oof_table
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.experiment import experiment_dir
@@ -45,7 +45,10 @@ def fit_thresholds(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def honest_f1(y: np.ndarray, p: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Per-class F1 of each fold's (p >= t), with thresholds t fitted on the other folds."""
+    """Per-class F1 of each fold's (p >= t), with thresholds t fitted on the other folds; NaN with a
+    single held-out part (folds.scheme=given: no other fold to fit on)."""
+    if len(np.unique(folds)) < 2:
+        return np.full(p.shape[1], np.nan)
     hits = np.zeros_like(p, dtype=bool)
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
@@ -150,7 +153,7 @@ def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
         raise CxrltError(f"thresholds.calibration '{method}' is not one of {', '.join(CALIBRATIONS)}")
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
-    train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))
+    train = oof_table(cfg, spec)
     oof_path = out / "oof.csv"
     if not oof_path.is_file():
         raise CxrltError(f"{display_path(oof_path)} not found: run {rerun_hint(cfg, '04_predict.py')} "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cxrlt.config import Config, rerun_hint, save_resolved
-from cxrlt.data.datasets import read_split, resolve_dataset
+from cxrlt.data.datasets import check_task, read_split, resolve_dataset
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
 from cxrlt.data.splits import current_assignment, current_full_assignment, training_data
@@ -38,12 +38,12 @@ from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable,
 from cxrlt.evaluate.normalise import FoldNormaliser, check_method
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
-from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint
+from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint, fold_ids, given_split
 from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
-from cxrlt.metrics import evaluate, map_score, zero_shot_figures
+from cxrlt.metrics import count_groups, evaluate, map_score, multiclass_metrics, zero_shot_figures
 from cxrlt.models.checkpoint import load, load_model
-from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input
+from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input, to_probs
 from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
 from cxrlt.models.text import add_labels
 from cxrlt.runtime import is_main_process, make_accelerator
@@ -52,7 +52,7 @@ from cxrlt.runtime import is_main_process, make_accelerator
 def _checkpoints(cfg: Config) -> dict:
     """best.pt of every fold, or a one-line error naming the first fold without one."""
     out = {}
-    for k in range(int(cfg.folds.k)):
+    for k in fold_ids(cfg):
         p = best_checkpoint(cfg, k)
         if not p.is_file() or not (p.parent / "done.json").is_file():   # a fold still training is not a model
             what = "no checkpoint" if not p.is_file() else "not finished (no done.json beside"
@@ -63,11 +63,13 @@ def _checkpoints(cfg: Config) -> dict:
 
 
 def _split_table(cfg, spec, split: str, cache: Cache):
-    """The development or test table and its cached files; None if the preset has no such CSV."""
+    """The development or test table and its cached files; None if the preset has no such CSV.
+    Label columns are read (and scored) where the CSV has them: the development CSV, and the test
+    CSV of a benchmark whose test labels are public (the single-label benchmark)."""
     path = spec.csv(split)
     if path is None or not path.is_file():
         return None
-    df = read_split(spec, split, labels="auto" if split == "dev" else "none")
+    df = read_split(spec, split, labels="auto")
     return df, cache.require(df[spec.id_col], path, cfg)
 
 
@@ -140,6 +142,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
     spec = resolve_dataset(cfg.data)
+    check_task(cfg, spec)
     views, gate = _check_settings(cfg.predict, spec)
     check_method(cfg.predict.oof_normalise)
     check_count("predict.bootstrap", cfg.predict.bootstrap)
@@ -162,12 +165,18 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
                      **({FULL: best_checkpoint(cfg, FULL)} if full is not None else {}),
-                     **{s: p for s in ("train", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
+                     **{s: p for s in ("train", "val", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
     if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
         old = json.loads(metrics_file.read_text())
         if old.get("inputs") == inputs and old.get("settings") == _settings(cfg) and intact(old.get("outputs"), out):
             return dict(old, skipped=True, dir=out)
     spec, train_df, files, y, fold_of = training_data(cfg)
+    # groups (head / medium / tail) come from the images trained on; the OOF covers the held-out rows:
+    # every row with K folds, the validation CSV's with folds.scheme=given (fold -1 = trained on only)
+    train_pos, n_train = (y[fold_of < 0].sum(0), int((fold_of < 0).sum())) if (fold_of < 0).any() else (y.sum(0), len(y))
+    if (fold_of < 0).any():
+        keep = np.flatnonzero(fold_of >= 0)
+        train_df, files, y, fold_of = train_df.iloc[keep].reset_index(drop=True), [files[i] for i in keep], y[keep], fold_of[keep]
     names = list(spec.labels)
     zs = zero_shot_names(cfg, spec)
     C, all_names, text_cache = len(names), names + zs, out / TEXT_CACHE   # zero-shot columns after the trained
@@ -195,10 +204,10 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         jobs = {"oof": (train_df.iloc[held], [files[i] for i in held]), **others}
         for job, (job_df, job_files) in jobs.items():
             by_view = _logits(net, arch, spec, job_df, job_files, accelerator, ck, views, cfg)
-            probs = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean).numpy()
+            probs = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean, spec.task).numpy()
             if job == "oof":
                 for v, t in by_view.items():
-                    oof_views[v][held] = torch.sigmoid(t).numpy()
+                    oof_views[v][held] = to_probs(t, spec.task).numpy()
                 oof_tta[held] = probs
             else:
                 per_model[job][k] = probs
@@ -210,7 +219,8 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         net = net.to(accelerator.device)
         for s, (job_df, job_files) in others.items():
             by_view = _logits(net, arch, spec, job_df, job_files, accelerator, full, views, cfg)
-            per_model[s][FULL] = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean).numpy()
+            per_model[s][FULL] = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean,
+                                             spec.task).numpy()
     if not accelerator.is_main_process:
         return dict(skipped=False, dir=out)
 
@@ -237,8 +247,12 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     arrays[final_key] = final
     zs_oof = final[:, C:]
     final, raw, arrays = final[:, :C], raw[:, :C], {k: a[:, :C] for k, a in arrays.items()}   # trained classes
-    result = evaluate(y, final, names, y.sum(0), n_tr)
-    result.update(_validation(cfg, spec, train_df, y, final, raw, fold_of, arrays, final_key))
+    groups = count_groups(train_pos, *spec.group_counts) if spec.multiclass else None
+    result = evaluate(y, final, names, train_pos, n_train, groups=groups)
+    result.update(_validation(cfg, spec, train_df, y, final, raw, fold_of, arrays, final_key, train_pos, n_train))
+    if spec.multiclass:     # the benchmark's figures per labelled split (the OOF one first)
+        result["multiclass"] = {"oof": dict(multiclass_metrics(y, final, names, train_pos, spec.group_counts),
+                                            csv=display_path(spec.csv("val" if given_split(cfg) else "train")))}
     result.update(init=sorted(set(inits.values()))[0], variants=variants, final=final_key,
                   tta_views={v: map_score(y, p[:, :C]) for v, p in oof_views.items()},
                   settings=_settings(cfg), inputs=inputs, n_folds=len(ckpts), seconds=round(time.time() - t0, 1))
@@ -254,20 +268,24 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         name = "development.csv" if s == "dev" else "test.csv"
         write_predictions(out / name, df[spec.id_col], probs, all_names, spec.id_col)
         written[s] = out / name
-        if s == "dev" and all(c in df.columns for c in names):   # reported apart, never fitted on
-            dev_y, zs_probs, probs = df[names].to_numpy(), probs[:, C:], probs[:, :C]
-            result["development"] = {k: v for k, v in evaluate(dev_y, probs, names, y.sum(0), n_tr).items()
-                                     if k != "per_class"}
-            dev_zs = _zero_shot_block(df, zs_probs, zs, result["development"]["mAP"], probs) if zs else None
-            if dev_zs:
-                result["development"]["zero_shot"] = dev_zs
+        if all(c in df.columns for c in names):   # labelled: reported apart, never fitted on
+            key, split_y, zs_probs, probs = ("development" if s == "dev" else "test"), df[names].to_numpy(), \
+                probs[:, C:], probs[:, :C]
+            result[key] = {k: v for k, v in evaluate(split_y, probs, names, train_pos, n_train, groups=groups).items()
+                           if k != "per_class"}
+            split_zs = _zero_shot_block(df, zs_probs, zs, result[key]["mAP"], probs) if zs else None
+            if split_zs:
+                result[key]["zero_shot"] = split_zs
             if spec.view_col and spec.view_col in df.columns:
-                result["development"]["by_view"] = view_figures(dev_y, probs, view_groups(df[spec.view_col]), names,
-                                                           y.sum(0), n_tr)
+                result[key]["by_view"] = view_figures(split_y, probs, view_groups(df[spec.view_col]), names,
+                                                      train_pos, n_train)
+            if spec.multiclass:
+                result["multiclass"][key] = dict(multiclass_metrics(split_y, probs, names, train_pos, spec.group_counts),
+                                                 csv=display_path(spec.csv(s)))
     from cxrlt.evaluate.report import plot_per_class_ap, plot_pr_curves
 
     plot_per_class_ap(result, out / "per_class_ap.png", title=f"{cfg.name}: OOF AP per class")
-    plot_pr_curves(y, final, names, y.sum(0), out / "pr_rarest.png", title=f"{cfg.name}: rarest classes (OOF)")
+    plot_pr_curves(y, final, names, train_pos, out / "pr_rarest.png", title=f"{cfg.name}: rarest classes (OOF)")
     save_resolved(cfg, out / "predict_config.yaml")
     # metrics.json is written last and vouches for every output: a run killed before it leaves the
     # old metrics.json whose stamps no longer match, so the next run redoes the stage
@@ -339,12 +357,12 @@ def _settings(cfg) -> dict:
                 bootstrap=int(pc.bootstrap), zero_shot=list(pc.get("zero_shot_labels") or []))
 
 
-def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final_key: str) -> dict:
+def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final_key: str, pos, n) -> dict:
     """metrics.json's validation fields: per-fold figures (`folds`; `per_fold` is their mAP), the
     drift check (scales measured on `raw`, the OOF before normalisation), figures per view group,
     and each variant against the final OOF (paired bootstrap over patients, `predict.bootstrap`
     resamples, seed 0)."""
-    names, pos, n = list(spec.labels), y.sum(0), len(y)
+    names = list(spec.labels)
     folds = fold_summary(y, final, fold_of, names, pos, n)
     pooled = map_score(y, final)
     out = dict(folds=folds, per_fold={k: v["mAP"] for k, v in folds["per_fold"].items()},
@@ -382,6 +400,7 @@ def summary_lines(r: dict) -> list[str]:
                 + " (image level; combined: tta/image)"] if len(r.get("tta_views", {})) > 1 else []),
              "  folds:    " + ", ".join(f"{k}: {_num(v)}" + (f" (mean prob {scale[k]:.3f})" if k in scale else "")
                                        for k, v in r["per_fold"].items())]
+    lines += multiclass_lines(r)
     pcs = sorted(((v["AP"], k) for k, v in r["per_class"].items() if v["AP"] is not None), reverse=True)
     lines.append("  best:  " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[:4]))
     lines.append("  worst: " + ", ".join(f"{k} {a:.3f}" for a, k in pcs[-4:]))
@@ -396,4 +415,22 @@ def summary_lines(r: dict) -> list[str]:
                          f"{k} {_num(v['AP'], '.3f')} (chance {_num(v['prevalence'], '.3f')})" for k, v in z["labels"].items()))
     elif z.get("columns"):
         lines.append(f"  zero-shot columns (no labels here to score them): {', '.join(z['columns'])}")
+    return lines
+
+
+def multiclass_lines(r: dict) -> list[str]:
+    """The single-label benchmark's figures of each labelled split (argmax of the softmax)."""
+    mc = r.get("multiclass") or {}
+    if not mc:
+        return []
+    first = next(iter(mc.values()))
+    lines = [f"  multiclass (argmax; groups: {first['group_rule']}):",
+             f"    {'split':34s} {'head':>6s} {'medium':>6s} {'tail':>6s} {'avg':>6s} {'overall':>7s} {'acc':>6s} "
+             f"{'bAcc':>6s} {'mF1':>6s}"]
+    for key, m in mc.items():
+        g = m["groups"]
+        lines.append(f"    {key + ': ' + str(m['csv']).split('/')[-1]:34.34s} {_num(g['head'], '.3f'):>6s} "
+                     f"{_num(g['medium'], '.3f'):>6s} {_num(g['tail'], '.3f'):>6s} {_num(m['avg'], '.3f'):>6s} "
+                     f"{_num(m['overall'], '.3f'):>7s} {_num(m['accuracy'], '.3f'):>6s} {_num(m['bAcc'], '.3f'):>6s} "
+                     f"{_num(m['mF1'], '.3f'):>6s}")
     return lines

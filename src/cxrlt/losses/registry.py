@@ -38,14 +38,15 @@ class _Entry:
     weights: bool
 
 
-LOSSES: dict[str, _Entry] = {}
+LOSSES: dict[str, _Entry] = {}               # multilabel (data.task=multilabel)
+MULTICLASS_LOSSES: dict[str, _Entry] = {}    # their softmax forms (data.task=multiclass, losses/softmax.py)
 
 
-def register(name: str, keys=(), weights: bool = True):
-    """Register a builder `(lcfg, stats, weight, drw_epoch) -> MultiLabelLoss` under `name`.
+def register(name: str, keys=(), weights: bool = True, task: str = "multilabel"):
+    """Register a builder `(lcfg, stats, weight, drw_epoch) -> loss module` under `name` for `task`.
     weights: the loss takes per-class weights (and so DRW)."""
     def deco(fn):
-        LOSSES[name] = _Entry(fn, tuple(keys), weights)
+        (MULTICLASS_LOSSES if task == "multiclass" else LOSSES)[name] = _Entry(fn, tuple(keys), weights)
         return fn
     return deco
 
@@ -63,12 +64,17 @@ def _check_keys(lcfg, name: str, entry: _Entry) -> None:
                              f"{', '.join(sorted(reads - {'name'})) or 'no other key'}); remove it or pick another loss")
 
 
-def build_loss(lcfg, positives, n: int, epochs: int = 1) -> MultiLabelLoss:
-    """The recipe's loss; positives (C,) and n (training counts) feed class weights and margins."""
+def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel") -> MultiLabelLoss:
+    """The recipe's loss; positives (C,) and n (training counts) feed class weights and margins.
+    task=multiclass picks the softmax form (one label per image)."""
     name = lcfg.get("name")
-    if name not in LOSSES:
-        raise CxrltError(f"loss.name must be one of {', '.join(sorted(LOSSES))}, not '{name}'")
-    entry = LOSSES[name]
+    table = MULTICLASS_LOSSES if task == "multiclass" else LOSSES
+    if name not in table:
+        other = LOSSES if task == "multiclass" else MULTICLASS_LOSSES
+        why = f" (a {'multilabel' if task == 'multiclass' else 'multiclass'} loss)" if name in other else ""
+        raise CxrltError(f"loss.name must be one of {', '.join(sorted(table))} with data.task={task}, "
+                         f"not '{name}'{why}")
+    entry = table[name]
     _check_keys(lcfg, name, entry)
     stats = TrainStats(np.asarray(positives, np.float64), int(n), int(epochs))
     weight = class_weights(stats.positives, stats.n, lcfg.get("class_weights"), float(lcfg.get("cb_beta", 0.9999))) \

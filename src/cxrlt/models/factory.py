@@ -85,9 +85,11 @@ def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwa
         raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
 
 
-def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float, net=None) -> dict:
+def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float, net=None,
+                task: str = "multilabel") -> dict:
     """What a checkpoint carries to rebuild its model from the file alone (models.checkpoint.load_model);
-    `net` adds the architecture arguments a converted foundation model was built with."""
+    `net` adds the architecture arguments a converted foundation model was built with; `task` says how
+    logits become probabilities (sigmoid per class, or softmax for a multiclass task)."""
     model = {k: mcfg.get(k) for k in ARCH_KEYS if k in mcfg}
     if getattr(net, "timm_kwargs", None):
         model["timm_kwargs"] = dict(net.timm_kwargs)
@@ -95,7 +97,7 @@ def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: fl
     if text_emb is not None:   # the width of the label embeddings, to rebuild the head without the encoder
         model["text_dim"] = int(text_emb.shape[1])
     return dict(kind="image", model=model, labels=list(labels), num_classes=len(labels), image_size=int(image_size),
-                resize=resize, mean=float(mean), std=float(std))
+                resize=resize, mean=float(mean), std=float(std), task=task)
 
 
 def model_from_arch(arch: dict) -> torch.nn.Module:

@@ -123,18 +123,28 @@ def predict_loader(net, loader, accelerator, mean: float, std: float, channels_l
     return torch.cat(outs), torch.cat(ys), torch.cat(ids), extra
 
 
-def combine_tta(logits: torch.Tensor, extra=None, mean: str = "prob") -> torch.Tensor:
+def to_probs(logits: torch.Tensor, task: str = "multilabel") -> torch.Tensor:
+    """Probabilities of logits (N, C): a sigmoid per class (multilabel) or a softmax over the
+    classes (multiclass: one label per image)."""
+    return torch.softmax(logits, -1) if task == "multiclass" else torch.sigmoid(logits)
+
+
+def _log_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
+    return F.log_softmax(logits, -1) if task == "multiclass" else F.logsigmoid(logits)
+
+
+def combine_tta(logits: torch.Tensor, extra=None, mean: str = "prob", task: str = "multilabel") -> torch.Tensor:
     """Probabilities from the original view's logits and those of extra views (None, one tensor, or
     a list / dict of tensors): the mean over all views of the probabilities (`prob`), of the logits
-    before the sigmoid (`logit`), or the geometric mean of the probabilities (`gmean`)."""
+    before the sigmoid / softmax (`logit`), or the geometric mean of the probabilities (`gmean`)."""
     if extra is None:
-        return torch.sigmoid(logits)
+        return to_probs(logits, task)
     extra = list(extra.values()) if isinstance(extra, dict) else [extra] if torch.is_tensor(extra) else list(extra)
     stack = torch.stack([logits, *extra])
     if mean == "logit":
-        return torch.sigmoid(stack.mean(0))
+        return to_probs(stack.mean(0), task)
     if mean == "prob":
-        return torch.sigmoid(stack).mean(0)
+        return to_probs(stack, task).mean(0)
     if mean == "gmean":
-        return F.logsigmoid(stack).mean(0).exp()
+        return _log_probs(stack, task).mean(0).exp()
     raise ValueError(f"predict.tta_mean must be one of {', '.join(TTA_MEANS)}, not '{mean}'")

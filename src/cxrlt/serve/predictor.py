@@ -128,11 +128,11 @@ class _Member:
                 xs = x[None, :m]
                 logits = [net(to_input(xs.flatten(0, 1), v)[0].view(*xs.shape), kinds[:, :m].to(device),
                               present[:, :m]).float().cpu() for v in ["none", *self.views]]
-                probs = combine_tta(logits[0], logits[1:] or None, self.tta_mean).numpy()
+                probs = combine_tta(logits[0], logits[1:] or None, self.tta_mean, arch.get("task", "multilabel")).numpy()
                 out.append(np.repeat(probs, len(films), 0))
             else:
                 logits = [net(*to_input(x, v)).float().cpu() for v in ["none", *self.views]]
-                probs = combine_tta(logits[0], logits[1:] or None, self.tta_mean).numpy()
+                probs = combine_tta(logits[0], logits[1:] or None, self.tta_mean, arch.get("task", "multilabel")).numpy()
                 out.append(probs)
         probs = np.mean(out, 0)      # as stage 04: mean over the models, then aggregation, then gating
         if self.study_aggregation and len(films) > 1 and self.arch["kind"] != "study_fusion":

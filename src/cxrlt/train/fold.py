@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.datasets import resolve_dataset
-from cxrlt.data.loader import CxrDataset, make_loader, repeat_factors
+from cxrlt.data.datasets import check_task, resolve_dataset
+from cxrlt.data.loader import CxrDataset, class_balanced_weights, make_loader, repeat_factors
 from cxrlt.data.splits import assignment_hash, current_assignment, current_full_assignment, full_assignment, training_data
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import (
@@ -29,6 +29,8 @@ from cxrlt.experiment import (
     experiment_dir,
     fingerprint,
     fold_dir,
+    fold_ids,
+    given_split,
     last_checkpoint,
 )
 from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
@@ -62,8 +64,8 @@ def full_fit_epochs(cfg: Config) -> int:
     """train.full_epochs, or the median best epoch of the finished folds (rounded, at least 1)."""
     if cfg.train.full_epochs:
         return int(cfg.train.full_epochs)
-    k, best, missing = int(cfg.folds.k), [], []
-    for f in range(k):
+    best, missing = [], []
+    for f in fold_ids(cfg):
         d = done_marker(cfg, f)
         (best.append(json.loads(d.read_text())["best_epoch"]) if d.is_file() else missing.append(f))
     if missing:
@@ -97,12 +99,17 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     tcfg = cfg.train
     k = int(cfg.folds.k)
     full = fold == FULL
-    if not full and not 0 <= fold < k:
-        raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
+    if full and given_split(cfg):
+        raise CxrltError("--full / train.full_fit: folds.scheme=given trains one model on the training CSV already "
+                         "(its epoch picked on data.val_csv); there is no full-data fit to add")
+    if not full and fold not in fold_ids(cfg):
+        raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}"
+                         + (" (folds.scheme=given)" if given_split(cfg) else ""))
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
     accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum), tracking.log_with(cfg, fold), out)
     main = accelerator.is_main_process
     spec = resolve_dataset(cfg.data)
+    check_task(cfg, spec)
     if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
         done = json.loads(done_file.read_text())
         check_fingerprint(done.get("fingerprint", {}), fingerprint(cfg, spec, _assignment(cfg, spec, fold)),
@@ -118,7 +125,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     tr, va = (np.arange(len(df)), np.zeros(0, int)) if full else (np.flatnonzero(fold_of != fold),
                                                                  np.flatnonzero(fold_of == fold))
     names = list(spec.labels)
-    normal = names.index(spec.normal_label) if spec.normal_label else None
+    # the union rule's normal class (mosaic, union mixes) is a multilabel notion
+    normal = names.index(spec.normal_label) if spec.normal_label and not spec.multiclass else None
     allowed = tuple(names.index(x) for x in spec.normal_allows)
     epochs = full_fit_epochs(cfg) if full else int(tcfg.epochs)
     base_seed = int(cfg.seed) + 1000 * (k if full else fold)
@@ -144,8 +152,10 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     mean, std = input_stats(net)
-    partners = repeat_factors(y[tr], float(tcfg.class_aware_t), float(tcfg.class_aware_cap)) \
-        if cfg.augment.balanced_mixup else None
+    partners = None
+    if cfg.augment.balanced_mixup:     # the partner's sampling: class-balanced for one label per image (the benchmark)
+        partners = class_balanced_weights(y[tr]) if spec.multiclass else \
+            repeat_factors(y[tr], float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
     train_ds = CxrDataset([files[i] for i in tr], y[tr], cfg.augment, normal, allowed,
                           seed=base_seed, epochs=epochs, partner_weights=partners)
     val_ds = CxrDataset([files[i] for i in va], y[va])
@@ -167,12 +177,13 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     model, optimizer, scheduler = accelerator.prepare(net, optimizer, scheduler)
     if tcfg.compile:  # `net` stays the plain module: its parameters are the ones trained
         model = torch.compile(model)
-    criterion = build_loss(cfg.loss, y[tr].sum(0), len(tr), epochs).to(accelerator.device)
+    criterion = build_loss(cfg.loss, y[tr].sum(0), len(tr), epochs, spec.task).to(accelerator.device)
 
     fp = fingerprint(cfg, spec, _assignment(cfg, spec, fold, df[spec.id_col], fold_of))
     saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), fp, net, ema,
                             optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict(),
-                            arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net))
+                            arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net,
+                                             task=spec.task))
     start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
     if main:
         if start:
@@ -194,10 +205,12 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
                                    mean, std, batches, ema, bar)
         bar.close()
         v = None if full else validate(saver.eval_net if ema is not None else model, val_loader, accelerator,
-                                       mean, std, tcfg.channels_last, names)
+                                       mean, std, tcfg.channels_last, names, task=spec.task)
         nan = float("nan")
         return dict(epoch=epoch + 1, train_loss=tr_stats["train_loss"], val_loss=v["val_loss"] if v else nan,
                     val_mAP=v["val_mAP"] if v else nan, val_mAUC=v["val_mAUC"] if v else nan,
+                    **({"val_bAcc": v["val_bAcc"] if v else nan} if spec.multiclass else {}),
+                    val_score=v["score"] if v else nan,
                     lr=scheduler.get_last_lr()[0], img_s=tr_stats["img_s"],
                     mosaic=train_ds.mosaic_p, loss_weighted=bool(getattr(criterion, "weighted", False)),
                     time_s=time.time() - t0), v
@@ -205,13 +218,14 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
                                         out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold}",
                                         label=f"fold {fold}", val_ids=df[spec.id_col].iloc[va], names=names,
-                                        stop_after=stop_after)
+                                        stop_after=stop_after, patience=None if full else tcfg.get("patience"))
     if stopped:
         tracking.finish(accelerator)
         return dict(stopped=True, epoch=len(history), dir=out)
-    best_epoch = epochs if full else int(np.argmax([h["val_mAP"] for h in history])) + 1
-    summary = dict(fold=fold, best_mAP=best, best_epoch=best_epoch, epochs=epochs, init=saver.init, fingerprint=fp,
-                   skipped=False)
+    best_epoch = len(history) if full else int(np.argmax([h.get("val_score", h["val_mAP"]) for h in history])) + 1
+    summary = dict(fold=fold, best_mAP=best if full else float(history[best_epoch - 1]["val_mAP"]), best_score=best,
+                   score="val_bAcc" if spec.multiclass else "val_mAP", best_epoch=best_epoch, epochs=len(history),
+                   init=saver.init, fingerprint=fp, skipped=False)
     if main and not full:
         tracking.log_best_ap(accelerator, out / "val_predictions.csv", df[spec.id_col], y, names, summary["best_epoch"])
     if main:

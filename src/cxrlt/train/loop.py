@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlt.metrics import mean_ap
-from cxrlt.models.inference import image_input, predict_loader
+from cxrlt.models.inference import image_input, predict_loader, to_probs
 
 
 def set_epoch(epoch: int, *objs) -> None:
@@ -54,11 +54,31 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
     return dict(train_loss=(accelerator.reduce(loss_sum, "sum") / total).item(), img_s=total.item() / (time.time() - t0))
 
 
-def validate(net, loader, accelerator, mean: float, std: float, channels_last: bool, names, to_input=None) -> dict:
-    """Every held-out item once: val_loss is plain unweighted BCE (comparable across recipes and
-    epochs, whatever the training loss), mAP and mAUC; probabilities and dataset indices returned."""
+def validate(net, loader, accelerator, mean: float, std: float, channels_last: bool, names, to_input=None,
+             task: str = "multilabel") -> dict:
+    """Every held-out item once (`val_figures`); probabilities and dataset indices returned."""
     logits, labels, idx, _ = predict_loader(net, loader, accelerator, mean, std, channels_last, to_input=to_input)
-    val_loss = F.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
-    probs = torch.sigmoid(logits).numpy()
-    m = mean_ap(labels.numpy(), probs, names)
-    return dict(val_loss=val_loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, idx=np.asarray(idx.numpy()))
+    return dict(val_figures(logits, labels.numpy(), names, task), idx=np.asarray(idx.numpy()))
+
+
+def val_figures(logits: torch.Tensor, y: np.ndarray, names, task: str = "multilabel", expand=None) -> dict:
+    """val_loss: plain unweighted BCE (multilabel) or cross-entropy (multiclass), comparable across
+    recipes and epochs whatever the training loss; mAP and mAUC; `score`, what picks the best epoch:
+    val_mAP, or for multiclass the balanced accuracy (`val_bAcc`, the benchmark's early-stopping figure).
+    `expand` maps rows of y to rows of logits (a study model: its images get the study's probabilities,
+    taken once per study so they are bit-identical)."""
+    probs = to_probs(logits, task).numpy()
+    if expand is not None:
+        logits, probs = logits[expand], probs[expand]
+    t = torch.as_tensor(y, dtype=torch.float64)
+    if task == "multiclass":
+        val_loss = F.cross_entropy(logits.double(), t.argmax(1)).item()
+    else:
+        val_loss = F.binary_cross_entropy_with_logits(logits.double(), t).item()
+    m = mean_ap(y, probs, names)
+    out = dict(val_loss=val_loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, score=m["mAP"])
+    if task == "multiclass":
+        from sklearn.metrics import balanced_accuracy_score
+
+        out["val_bAcc"] = out["score"] = float(balanced_accuracy_score(y.argmax(1), probs.argmax(1)))
+    return out

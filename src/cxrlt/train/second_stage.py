@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.datasets import check_task, resolve_dataset
 from cxrlt.data.splits import current_assignment, training_data
 from cxrlt.data.studies import pick_views, study_groups, study_labels, view_kinds, view_vocabulary
 from cxrlt.errors import CxrltError
@@ -43,12 +42,13 @@ from cxrlt.experiment import (
     experiment_path,
     fingerprint,
     fold_dir,
+    fold_ids,
+    given_split,
     last_checkpoint,
 )
 from cxrlt.fileio import display_path, project_path, remove_stale_tmp, save_figure, stamps, to_json, write_csv, write_text
 from cxrlt.locks import exclusive
 from cxrlt.losses import build_loss
-from cxrlt.metrics import mean_ap
 from cxrlt.models.checkpoint import load, load_model, save
 from cxrlt.models.fusion import StudyFusion, StudyFusionNet, backbone_tokens, grid_tokens, pooled_features
 from cxrlt.models.inference import predict_loader
@@ -58,7 +58,7 @@ from cxrlt.train import tracking
 from cxrlt.train.epochs import run_epochs
 from cxrlt.train.features import FeatureStore, cache_key
 from cxrlt.train.fold import OUTPUTS, cosine_with_warmup
-from cxrlt.train.loop import set_epoch, train_one_epoch
+from cxrlt.train.loop import set_epoch, train_one_epoch, val_figures
 
 METHODS = ("crt", "tau_norm", "fusion")
 
@@ -201,14 +201,15 @@ def train_second_stage(cfg: Config, fold: int, force: bool = False, progress: bo
 def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int | None) -> dict:
     from accelerate.utils import set_seed
 
-    s2, k = cfg.stage2, int(cfg.folds.k)
+    s2 = cfg.stage2
     if s2.method not in METHODS:
         raise CxrltError(f"stage2.method must be one of {', '.join(METHODS)}, not '{s2.method}'")
-    if not 0 <= fold < k:
-        raise CxrltError(f"--fold {fold}: folds are 0..{k - 1}")
+    if fold not in fold_ids(cfg):
+        raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}")
     t_start = time.time()
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
     spec = resolve_dataset(cfg.data)
+    check_task(cfg, spec)
     folds_hash = current_assignment(cfg, spec)
     ck_path, ck = first_stage_checkpoint(cfg, fold, spec, folds_hash)   # before any image is touched
     spec, df, files, y, fold_of = training_data(cfg)
@@ -264,15 +265,10 @@ def _classifier(net):
     return net.get_classifier() if hasattr(net, "get_classifier") else None
 
 
-def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None) -> dict:
-    """Validation figures of item logits; `expand` maps image rows to their study's item (fusion:
-    the sigmoid is taken per study, so a study's images get bit-identical probabilities)."""
-    probs = torch.sigmoid(logits).numpy()
-    if expand is not None:
-        logits, probs = logits[expand], probs[expand]
-    m = mean_ap(y, probs, names)
-    loss = F.binary_cross_entropy_with_logits(logits.double(), torch.as_tensor(y, dtype=torch.float64)).item()
-    return dict(val_loss=loss, val_mAP=m["mAP"], val_mAUC=m["mAUC"], probs=probs, idx=np.arange(len(y)))
+def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None, task: str = "multilabel") -> dict:
+    """Validation figures of item logits (train.loop.val_figures); `expand` maps image rows to their
+    study's item (fusion: a study's images get its logits, hence bit-identical probabilities)."""
+    return dict(val_figures(logits, y, names, task, expand), idx=np.arange(len(y)))
 
 
 def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed,
@@ -330,7 +326,7 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
         epochs * batches * accelerator.num_processes, 0, float(cfg.train.min_lr_ratio)))
     model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    criterion = build_loss(cfg.loss, counts, n_items, epochs).to(accelerator.device)
+    criterion = build_loss(cfg.loss, counts, n_items, epochs, spec.task).to(accelerator.device)
     # last.pt also records the backbone it was trained on: resuming over a retrained first-stage fold is refused
     resume_fp = dict(fp, backbone=list(stamps({"b": first_stage_dir(cfg) / f"fold{fold}" / "best.pt"})["b"]))
     saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), resume_fp, module, None, optimizer,
@@ -354,9 +350,10 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
         bar.close()
         logits, _, idx, _ = predict_loader(model, val_loader, accelerator, 0.0, 1.0, False, to_input=to_input)
         logits = logits[np.argsort(idx.numpy())]
-        v = _val_figures(logits, y_val, names, expand)
+        v = _val_figures(logits, y_val, names, expand, spec.task)
         return dict(epoch=epoch + 1, train_loss=st["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
-                    val_mAUC=v["val_mAUC"], lr=scheduler.get_last_lr()[0], img_s=st["img_s"], time_s=time.time() - t0), v
+                    val_mAUC=v["val_mAUC"], **({"val_bAcc": v["val_bAcc"]} if "val_bAcc" in v else {}),
+                    val_score=v["score"], lr=scheduler.get_last_lr()[0], img_s=st["img_s"], time_s=time.time() - t0), v
 
     history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
                                         out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold} ({s2.method})",
@@ -365,14 +362,18 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
     tracking.finish(accelerator)
     if stopped:
         return dict(stopped=True, epoch=len(history), dir=out)
-    return dict(fold=fold, best_mAP=best, best_epoch=int(np.argmax([h["val_mAP"] for h in history])) + 1,
-                epochs=epochs, init=saver.init)
+    best_epoch = int(np.argmax([h.get("val_score", h["val_mAP"]) for h in history])) + 1
+    return dict(fold=fold, best_mAP=float(history[best_epoch - 1]["val_mAP"]), best_score=best, best_epoch=best_epoch,
+                score="val_bAcc" if spec.multiclass else "val_mAP", epochs=epochs, init=saver.init)
 
 
 def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed):
     """Scale the classifier's class weights by 1 / |w_c|^tau for each tau of stage2.tau_grid; keep the
-    tau with the best macro-F1 at 0.5 on the fold's training part (the held-out fold is only reported)."""
-    from sklearn.metrics import f1_score
+    tau with the best macro-F1 at 0.5 on the fold's training part (the held-out fold is only reported).
+    data.task=multiclass: the best balanced accuracy of the argmax, on the training part with K folds,
+    on the validation CSV with folds.scheme=given (the set the benchmark selects on; a model fitted to
+    its training images classifies them nearly perfectly at any tau)."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     clf = _classifier(net)
     w, b = clf.weight.detach().double().clone(), clf.bias.detach().double() if clf.bias is not None else 0.0
@@ -382,11 +383,16 @@ def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, a
     for tau in [float(t) for t in cfg.stage2.tau_grid]:
         wt = w / norms ** tau
         lt, lv = f_tr @ wt.T + b, f_va @ wt.T + b
-        v = _val_figures(lv.float(), y[va], names)
-        rows.append(dict(tau=tau, train_macro_f1=f1_score(y[tr], (lt > 0).numpy(), average="macro", zero_division=0),
-                         val_macro_f1=f1_score(y[va], (lv > 0).numpy(), average="macro", zero_division=0),
-                         val_mAP=v["val_mAP"], val_mAUC=v["val_mAUC"], val_loss=v["val_loss"], _v=v))
-    pick = max(range(len(rows)), key=lambda i: (rows[i]["train_macro_f1"], -rows[i]["tau"]))
+        v = _val_figures(lv.float(), y[va], names, task=spec.task)
+        if spec.multiclass:
+            row = dict(tau=tau, train_bAcc=balanced_accuracy_score(y[tr].argmax(1), lt.argmax(1).numpy()),
+                       val_bAcc=v["val_bAcc"])
+        else:
+            row = dict(tau=tau, train_macro_f1=f1_score(y[tr], (lt > 0).numpy(), average="macro", zero_division=0),
+                       val_macro_f1=f1_score(y[va], (lv > 0).numpy(), average="macro", zero_division=0))
+        rows.append(dict(row, val_mAP=v["val_mAP"], val_mAUC=v["val_mAUC"], val_loss=v["val_loss"], _v=v))
+    crit = ("val_bAcc" if given_split(cfg) else "train_bAcc") if spec.multiclass else "train_macro_f1"
+    pick = max(range(len(rows)), key=lambda i: (rows[i][crit], -rows[i]["tau"]))
     tau, v = rows[pick]["tau"], rows[pick]["_v"]
     with torch.no_grad():
         clf.weight.copy_((w / norms ** tau).to(clf.weight.dtype))
@@ -400,9 +406,9 @@ def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, a
         write_csv(out / "val_predictions.csv", preds)
         write_csv(out / "log.csv", log)
         _plot_tau(log, tau, out / "curve.png", f"{cfg.name} fold {fold} (tau-norm)")
-        print(f"fold {fold}: tau-norm picks tau={tau:g} (training-part macro-F1 {rows[pick]['train_macro_f1']:.4f}); "
-              f"val mAP {v['val_mAP']:.4f}")
-    return dict(fold=fold, best_mAP=v["val_mAP"], best_epoch=1, epochs=0, tau=tau,
+        print(f"fold {fold}: tau-norm picks tau={tau:g} ({crit} {rows[pick][crit]:.4f}); val mAP {v['val_mAP']:.4f}")
+    return dict(fold=fold, best_mAP=v["val_mAP"], best_score=v["score"], best_epoch=1, epochs=0, tau=tau, tau_by=crit,
+                score="val_bAcc" if spec.multiclass else "val_mAP",
                 init=f"{ck.get('init', 'unknown')} + tau_norm")
 
 
@@ -413,7 +419,7 @@ def _plot_tau(log: pd.DataFrame, tau: float, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for col in ("train_macro_f1", "val_macro_f1", "val_mAP"):
+    for col in [c for c in ("train_macro_f1", "val_macro_f1", "train_bAcc", "val_bAcc", "val_mAP") if c in log]:
         ax.plot(log["tau"], log[col], marker="o", label=col)
     ax.axvline(tau, color="grey", ls="--", label=f"picked tau={tau:g}")
     ax.set_xlabel("tau")

@@ -18,7 +18,7 @@ from cxrlt.errors import CxrltError
 from cxrlt.metrics import mean_ap
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
-EPOCH_SCALARS = ("train_loss", "val_loss", "val_mAP", "val_mAUC", "lr", "img_s")
+EPOCH_SCALARS = ("train_loss", "val_loss", "val_mAP", "val_mAUC", "val_bAcc", "lr", "img_s")
 TB_FOLDER = "tb"  # inside the fold's folder
 
 
@@ -69,7 +69,7 @@ def start(accelerator, cfg, resumed_after: int) -> None:
 
 def log_epoch(accelerator, row: dict) -> None:
     """One epoch's scalars from its log.csv row, at step = its 1-based epoch."""
-    accelerator.log({k: float(row[k]) for k in EPOCH_SCALARS}, step=int(row["epoch"]))
+    accelerator.log({k: float(row[k]) for k in EPOCH_SCALARS if k in row}, step=int(row["epoch"]))
 
 
 def log_best_ap(accelerator, preds_csv, ids: pd.Series, y: np.ndarray, names, best_epoch: int) -> None:
