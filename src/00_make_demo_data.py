@@ -22,7 +22,20 @@ def main():
     p.add_argument("--single-label", action="store_true", help="instead write input/demo-single-label/: the "
                    "single-label long-tail benchmark's four CSVs (train, balanced-val, test, balanced-test), "
                    "--n-train images (default 1000), 10 and 20 per class in the balanced sets")
+    p.add_argument("--tiny-text-encoder", action="store_true", help="instead write "
+                   "input/text_encoders/tiny_random_bert/: a tiny BERT with RANDOM weights (vocabulary: the CXR-LT label "
+                   "words) for the offline zero-shot demo (experiments/demo_zero_shot.yaml); NOT a language model, its "
+                   "label embeddings carry no meaning. With internet, download a real encoder instead (README)")
     a = p.parse_args()
+    if a.tiny_text_encoder:
+        from cxrlt.data.labels import LABELS_2023, LABELS_2024, LABELS_2026, ZERO_SHOT_2024_TASK3, ZERO_SHOT_2026_TASK2
+        from cxrlt.models.text import write_random_bert
+
+        words = ["chest x-ray showing {label}", *LABELS_2023, *LABELS_2024, *LABELS_2026, *ZERO_SHOT_2024_TASK3,
+                 *ZERO_SHOT_2026_TASK2]
+        out = write_random_bert(project_path("input/text_encoders/tiny_random_bert"), words, seed=a.seed)
+        print(f"wrote {display_path(out)}: a tiny BERT with random weights; set model.text_encoder={display_path(out)}")
+        return
     if a.single_label:
         from cxrlt.data.demo import make_single_label_demo
 

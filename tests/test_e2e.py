@@ -91,7 +91,8 @@ def test_run_all_single_label_methods_table(tmp_path):
     env = dict(os.environ, DEMO_SL_ARGS="--n-train 200 --max-side 64 --workers 1", PYTHONUNBUFFERED="1",
                PYTHON=__import__("sys").executable)
     r = subprocess.run(["bash", "run_all.sh", "--compare", "sl_tiny", *TINY, "stage2.epochs=2", "stage2.workers=0",
-                        "predict.bootstrap=0", "compare.bootstrap=20"], cwd=proj, capture_output=True, text=True,
+                        "predict.bootstrap=0", "compare.bootstrap=20", "data.group_counts=[10, 30]"], cwd=proj,
+                       capture_output=True, text=True,
                        env=env, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = pd.read_csv(proj / "experiments" / "compare_sl_tiny" / "table.csv")
