@@ -371,6 +371,7 @@ def plot_benchmark(table: pd.DataFrame, path: Path) -> Path:
         ax.bar(x + (i - 2) * 0.16, np.nan_to_num(table[k].to_numpy(float)), 0.16, color=c,
                label=k if k != "bAcc" else "test bAcc")
     ax.set_xticks(x, table["recipe"], rotation=25, ha="right")
-    ax.set_ylabel("accuracy"), ax.set_ylim(0, 1), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8, ncol=5)
+    ax.set_ylabel("accuracy"), ax.set_ylim(0, 1.12), ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=5, loc="upper center")
     ax.set_title("Single-label benchmark: balanced-test accuracy by group, test balanced accuracy")
     return save_figure(path, fig)
