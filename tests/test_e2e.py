@@ -13,14 +13,20 @@ TINY = ["cache.size=32", "train.epochs=2", "train.batch_size=16", "train.workers
         "predict.workers=0", "cache.workers=1", "train.log_every=5"]
 
 
-@pytest.mark.e2e
-def test_run_all_on_a_tiny_demo(tmp_path):
+def project_copy(tmp_path):
+    """The project without data, outputs or git, its recipes only: what a user checks out."""
     proj = tmp_path / "proj"
     shutil.copytree(ROOT, proj, ignore=shutil.ignore_patterns(".git", ".venv", "input", "folds", "submissions",
                                                               "__pycache__", ".pytest_cache", "experiments"))
     (proj / "experiments").mkdir()
     for f in (ROOT / "experiments").glob("*.yaml"):
         shutil.copy(f, proj / "experiments")
+    return proj
+
+
+@pytest.mark.e2e
+def test_run_all_on_a_tiny_demo(tmp_path):
+    proj = project_copy(tmp_path)
     env = dict(os.environ, PYTHON=os.environ.get("PYTHON", shutil.which("python3") or "python3"),
                DEMO_ARGS="--n-train 300 --n-dev 60 --n-test 60 --max-side 96 --workers 1", PYTHONUNBUFFERED="1")
     env["PYTHON"] = __import__("sys").executable
@@ -80,12 +86,7 @@ def test_run_all_on_a_tiny_demo(tmp_path):
 def test_run_all_single_label_methods_table(tmp_path):
     """The single-label benchmark's table through run_all.sh: demo made, given scheme, first stages,
     cRT and tau-norm over the baseline, the benchmark's layout."""
-    proj = tmp_path / "proj"
-    shutil.copytree(ROOT, proj, ignore=shutil.ignore_patterns(".git", ".venv", "input", "folds", "submissions",
-                                                              "__pycache__", ".pytest_cache", "experiments"))
-    (proj / "experiments").mkdir()
-    for f in (ROOT / "experiments").glob("*.yaml"):
-        shutil.copy(f, proj / "experiments")
+    proj = project_copy(tmp_path)
     (proj / "experiments" / "sl_tiny.txt").write_text(
         "demo_sl_ce\ndemo_sl_rw_ce\ndemo_sl_balanced_mixup\ndemo_sl_crt\ndemo_sl_tau_norm\n")
     env = dict(os.environ, DEMO_SL_ARGS="--n-train 200 --max-side 64 --workers 1", PYTHONUNBUFFERED="1",

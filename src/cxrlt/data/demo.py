@@ -391,10 +391,26 @@ def _render_job(job):
 
 
 
+def render_all(jobs: list, fn, label: str, workers: int, progress: bool) -> None:
+    """Run the render jobs whose file is not written yet (resume), in `workers` processes for many."""
+    from cxrlt.progress import progress_bar
+
+    jobs = [j for j in jobs if not (Path(j[0]) / j[1]).is_file()]
+    bar = progress_bar(len(jobs), label, "img", progress)
+    if workers > 1 and len(jobs) > 200:
+        with get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(fn, jobs, chunksize=32):
+                bar.update()
+    else:
+        for j in jobs:
+            fn(j)
+            bar.update()
+    bar.close()
+
+
 def make_demo(out_dir: Path, n_train: int = 3000, n_dev: int = 500, n_test: int = 500, max_side: int = 384,
               seed: int = 0, workers: int = 2, force: bool = False, progress: bool = True) -> dict:
     """Write the demo dataset to out_dir; skip when a complete one with the same settings is there."""
-    from cxrlt.progress import progress_bar
 
     out_dir = Path(out_dir)
     meta = dict(n_train=n_train, n_dev=n_dev, n_test=n_test, max_side=max_side, seed=seed, version=1)
@@ -421,17 +437,7 @@ def make_demo(out_dir: Path, n_train: int = 3000, n_dev: int = 500, n_test: int 
             w = int(max_side * size_rng.uniform(0.7, 1.0))
             h = int(min(max_side * 1.25, w * size_rng.uniform(0.85, 1.25)))
             jobs.append((str(out_dir), df.path.iloc[i], y[i], df.ViewPosition.iloc[i], h, w, [seed, 2, s_no, i]))
-    jobs = [j for j in jobs if not (out_dir / j[1]).is_file()]  # resume
-    bar = progress_bar(len(jobs), "demo images", "img", progress)
-    if workers > 1 and len(jobs) > 200:
-        with get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_job, jobs, chunksize=32):
-                bar.update()
-    else:
-        for j in jobs:
-            _render_job(j)
-            bar.update()
-    bar.close()
+    render_all(jobs, _render_job, "demo images", workers, progress)
     # CSVs last: their presence marks a complete demo
     write_csv(out_dir / "train.csv", tables["train"])
     write_csv(out_dir / "development.csv", tables["development"])
@@ -529,7 +535,6 @@ def make_single_label_demo(out_dir: Path, n_train: int = 1000, val_per_class: in
     films each) are disjoint across the four splits. Skips when a complete one with the same
     settings is there."""
     from cxrlt.data.labels import LABELS_DEMO_SINGLE
-    from cxrlt.progress import progress_bar
 
     out_dir = Path(out_dir)
     names = list(LABELS_DEMO_SINGLE)
@@ -577,17 +582,7 @@ def make_single_label_demo(out_dir: Path, n_train: int = 1000, val_per_class: in
             y23[L[names[int(lab.argmax())]]] = 1
             view = "PA" if size_rng.random() < 0.6 else "AP"
             jobs.append((str(out_dir), r, y23, view, h, w, [seed, 12, s_no, len(jobs)]))
-    jobs = [j for j in jobs if not (out_dir / j[1]).is_file()]   # resume
-    bar = progress_bar(len(jobs), "single-label demo images", "img", progress)
-    if workers > 1 and len(jobs) > 200:
-        with get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_png_job, jobs, chunksize=32):
-                bar.update()
-    else:
-        for j in jobs:
-            _render_png_job(j)
-            bar.update()
-    bar.close()
+    render_all(jobs, _render_png_job, "single-label demo images", workers, progress)
     for split, df in tables.items():       # CSVs last: their presence marks a complete demo
         write_csv(out_dir / f"{split}.csv", df)
     return dict(meta, skipped=False, images={k: len(v) for k, v in tables.items()},
