@@ -256,3 +256,32 @@ def test_kfold_scheme_on_a_multiclass_task_covers_the_training_csv(sl_root, tmp_
     assert oof["id"].tolist() == train["id"].tolist() and set(oof["fold"]) == {0, 1}
     m = json.loads((r["dir"] / "metrics.json").read_text())
     assert m["multiclass"]["oof"]["n_images"] == len(train) and set(m["per_fold"]) == {"0", "1"}
+
+
+def test_review_fixes_unlabelled_csv_fusion_rank_blend_and_old_logs(sl_root, sl_run, tmp_path):
+    from cxrlt.data.datasets import check_task, read_split, resolve_dataset
+    from cxrlt.ensemble.blend import blend_experiment
+    from cxrlt.evaluate.predict import predict_experiment
+    from cxrlt.train.epochs import _best_index
+
+    cfg, _, r, _ = sl_run
+    spec = resolve_dataset(cfg.data)
+    d = tmp_path / "demo-single-label"
+    d.mkdir()
+    pd.read_csv(sl_root / "demo-single-label" / "test.csv", dtype=str)[["id", "path"]].to_csv(d / "test.csv", index=False)
+    unlabelled = resolve_dataset(sl_cfg(tmp_path, tmp_path).data)
+    assert len(read_split(unlabelled, "test", labels="auto")) > 0          # an unlabelled test CSV is fine
+    fusion = sl_cfg(sl_root, tmp_path, "stage2.from=demo_sl_ce", "stage2.method=fusion")
+    with pytest.raises(CxrltError, match="fusion"):
+        check_task(fusion, spec)
+    ov = list(cfg.overrides) + [f"output_dir={tmp_path / 'b'}", f"+blend.members=[{r['dir']}, {r['dir']}]"]
+    with pytest.raises(CxrltError, match="rank"):
+        blend_experiment(load_config(ROOT / "experiments" / "demo_sl_ce.yaml", ov + ["blend.mode=rank"]))
+    b = blend_experiment(load_config(ROOT / "experiments" / "demo_sl_ce.yaml", ov + ["blend.mode=fit"]))
+    assert b["mAP_honest"] != b["mAP_honest"]          # NaN: one held-out part, nothing honest to fit on
+    # a changed group rule redoes stage 04 (not "up to date")
+    again = predict_experiment(load_config(ROOT / "experiments" / "demo_sl_ce.yaml",
+                                           list(cfg.overrides) + ["data.group_counts=[5, 8]"]), progress=False)
+    assert not again["skipped"] and again["multiclass"]["oof"]["group_rule"].startswith("head > 8")
+    # logs written before val_score existed still find their best epoch
+    assert _best_index([{"val_mAP": 0.2}, {"val_mAP": 0.3, "val_score": 0.1}, {"val_mAP": 0.1, "val_score": 0.4}]) == 2

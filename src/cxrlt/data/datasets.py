@@ -270,7 +270,7 @@ def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) ->
             raise CxrltError(f"{shown}: row {_row(i)}, column '{col}': label value '{df[col].iloc[i]}' is not 0 or 1"
                              f"{hint}; {int(bad.sum())} such cells in this column")
         df[col] = num.astype(np.uint8)
-    if spec.multiclass:   # one label per image: exactly one 1 in the label columns
+    if spec.multiclass and cols is None:   # one label per image: exactly one 1 in the label columns
         n_pos = df[list(spec.labels)].to_numpy().sum(1)
         bad = np.flatnonzero(n_pos != 1)
         if len(bad):
@@ -323,6 +323,9 @@ def check_task(cfg, spec: DatasetSpec) -> None:
     if p.get("normal_gating") is not None:
         raise CxrltError(f"predict.normal_gating={p.normal_gating}: not for data.task=multiclass (the softmax already "
                          f"weighs 'no finding' against the findings); set it to null")
+    if (cfg.get("stage2") or {}).get("from") and cfg.stage2.get("method") == "fusion":
+        raise CxrltError("stage2.method=fusion: a study's films share a union of labels, not one label; not for "
+                         "data.task=multiclass (use crt or tau_norm)")
     if p.get("zero_shot_labels"):
         raise CxrltError("predict.zero_shot_labels: zero-shot labels are scored one sigmoid each, not with "
                          "data.task=multiclass (one softmax over the trained classes)")

@@ -16,8 +16,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
-from cxrlt.data.splits import oof_table
+from cxrlt.data.datasets import check_task, label_matrix, read_split, resolve_dataset
+from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir, experiment_path
@@ -120,6 +120,10 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     if bc.mode not in ("mean", "rank", "fit", "route"):
         raise CxrltError(f"blend.mode must be mean, rank, fit or route, not '{bc.mode}'")
     spec = resolve_dataset(cfg.data)
+    check_task(cfg, spec)
+    if spec.multiclass and bc.mode == "rank":
+        raise CxrltError("blend.mode=rank ranks each class apart, which breaks the argmax of data.task=multiclass; "
+                         "use mean or fit")
     names, id_col = list(spec.labels), spec.id_col
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
@@ -140,7 +144,9 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     y = label_matrix(spec, train)
     arrays = [oof[m] for m in members]
     member_map = {m: _map(y, a) for m, a in oof.items()}
-    if bc.mode == "fit":
+    if bc.mode == "fit" and len(np.unique(folds)) < 2:   # folds.scheme=given: no other fold to fit on
+        weights, honest_map, honest_weights = fit_weights(y, arrays, int(bc.fit_steps)), float("nan"), None
+    elif bc.mode == "fit":
         weights = fit_weights(y, arrays, int(bc.fit_steps))
         honest = np.zeros_like(arrays[0])
         honest_weights = {}
@@ -157,7 +163,8 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     blended = combine(arrays, weights, mode)
     write_predictions(out / "oof.csv", ids, blended, names, id_col, fold=folds)
     blended = read_predictions(out / "oof.csv", names, id_col, ids=ids)[names].to_numpy()
-    result = evaluate(y, blended, names, y.sum(0), len(y))
+    pos, n = training_counts(cfg, spec)      # groups from the training CSV, whatever rows the OOF covers
+    result = evaluate(y, blended, names, pos, n)
     result.update(mode=bc.mode, members=member_map, weights=dict(zip(members, weights.tolist())),
                   mAP_honest=honest_map if honest_map is not None else result["mAP"],
                   honest_weights=honest_weights, inputs=inputs, settings=settings)
@@ -252,7 +259,8 @@ def _route(cfg, spec, train, members, out, force) -> dict:
     y = label_matrix(spec, train)
     write_predictions(out / "oof.csv", ids, p, names, id_col, fold=fold)
     p = read_predictions(out / "oof.csv", names, id_col, ids=ids)[names].to_numpy()
-    result = evaluate(y, p, names, y.sum(0), len(y))
+    pos, n = training_counts(cfg, spec)
+    result = evaluate(y, p, names, pos, n)
     result.update(mode="route", routed={m: int((pick == i).sum()) for i, m in enumerate(members)},
                   views={m: v or "all" for m, v in views.items()}, mAP_honest=result["mAP"], inputs=inputs,
                   settings=settings, weights={m: 1.0 for m in members},
@@ -260,7 +268,7 @@ def _route(cfg, spec, train, members, out, force) -> dict:
                   members={m: _map(y[pick == i], p[pick == i]) if (pick == i).any() else float("nan")
                            for i, m in enumerate(members)})
     if spec.view_col and spec.view_col in train.columns:
-        result["by_view"] = view_figures(y, p, view_groups(train[spec.view_col]), names, y.sum(0), len(y), folds=fold)
+        result["by_view"] = view_figures(y, p, view_groups(train[spec.view_col]), names, pos, n, folds=fold)
     for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
         path = spec.csv(split)
         if path is None or not path.is_file():

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cxrlt.config import Config, load_config
 from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
-from cxrlt.data.splits import oof_table
+from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.ensemble.thresholds import honest_f1
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
@@ -87,9 +87,9 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
         raise CxrltError(f"{display_path(exp / 'oof.csv')}: no fold column")
     names = list(spec.labels)
     y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
-    pos, n = y.sum(0), len(y)
+    pos, n = training_counts(cfg, spec)      # groups from the training CSV, whatever rows the OOF covers
     pooled, fs = headline(evaluate(y, p, names, pos, n)), fold_summary(y, p, folds, names, pos, n)
-    front = view_groups(train[spec.view_col]) == "frontal" if spec.view_col in train.columns else np.zeros(n, bool)
+    front = view_groups(train[spec.view_col]) == "frontal" if spec.view_col in train.columns else np.zeros(len(y), bool)
     frontal = map_score(y[front], p[front]) if front.any() else float("nan")
     drift = drift_check(y, pooled["mAP"], fs["mean"]["mAP"], p, folds, names, best_epochs(exp, fs["per_fold"]),
                         normalised=(m.get("settings") or {}).get("oof_normalise", "none"))
@@ -274,7 +274,6 @@ def _group_avg(true, pred, n_classes, groups) -> float:
 def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
     """Stage 08 for data.task=multiclass: the benchmark's table from each recipe's metrics.json and
     predictions, with paired-bootstrap intervals of d_avg (balanced test) and d_bAcc (test)."""
-    from cxrlt.data.splits import training_counts
     from cxrlt.metrics import count_groups
 
     cc = cfgs[0].get("compare") or {}
@@ -306,7 +305,8 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
         missing = [k for k in ("development", "test") if k not in mc]
         if missing:
             raise CxrltError(f"recipe '{cfg.name}': {display_path(mfile)} has no multiclass figures for "
-                             f"{' and '.join(missing)} (labelled development and test CSVs are needed); rerun stage 04")
+                             f"{' and '.join(missing)} (stage 04 writes them for labelled development and test CSVs; "
+                             f"a blend has none)")
         ids = pd.read_csv(exp / "oof.csv", usecols=[spec.id_col], dtype=str)[spec.id_col].tolist()
         if first is None:
             first = (cfg.name, ids)

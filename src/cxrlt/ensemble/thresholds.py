@@ -123,12 +123,16 @@ def fit_calibration(method: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray
     cals = [fit_calibrator(method, y[:, c], p[:, c]) for c in range(p.shape[1])]
     fitted = np.column_stack([calibrate(cal, p[:, c]) for c, cal in enumerate(cals)])
     honest = p.astype(np.float64)
-    for f in np.unique(folds):
+    if len(np.unique(folds)) < 2:       # folds.scheme=given: no other fold to fit a calibrator on
+        honest[:] = np.nan
+    for f in np.unique(folds) if len(np.unique(folds)) > 1 else []:
         tr, te = folds != f, folds == f
         for c in range(p.shape[1]):
             honest[te, c] = calibrate(fit_calibrator(method, y[tr, c], p[tr, c]), p[te, c])
 
     def mean_ece(q):
+        if np.isnan(q).any():
+            return float("nan")
         return float(np.mean([ece(y[:, c], q[:, c]) for c in range(q.shape[1])]))
 
     return dict(ECE_before=mean_ece(p), ECE_after=mean_ece(fitted), ECE_honest=mean_ece(honest),
@@ -170,7 +174,7 @@ def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
     y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
     t = fit_thresholds(y, p)
     f1_05, f1_fit, f1_honest = f1_per_class(y, p, 0.5), f1_per_class(y, p, t), honest_f1(y, p, folds)
-    mean = lambda a: float(np.nanmean(a))  # noqa: E731
+    mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     result = dict(thresholds=dict(zip(names, t.tolist())), mF1_at_0_5=mean(f1_05), mF1_tuned=mean(f1_fit),
                   mF1_honest=mean(f1_honest), calibration=method, inputs=inputs,
                   per_class={n: dict(threshold=float(t[c]), F1_at_0_5=_num(f1_05[c]), F1_tuned=_num(f1_fit[c]),

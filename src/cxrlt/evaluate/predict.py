@@ -105,7 +105,8 @@ def zero_shot_names(cfg, spec) -> list[str]:
     asked = cfg.predict.get("zero_shot_labels") or []
     if not isinstance(asked, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in asked):
         raise CxrltError(f"predict.zero_shot_labels must be a list of label names, not {asked!r}")
-    trained = [x for x in asked if x in spec.labels]
+    known = {" ".join(str(x).lower().split()) for x in spec.labels}
+    trained = [x for x in asked if " ".join(x.lower().split()) in known]   # same prompt text as a trained class
     if trained:
         raise CxrltError(f"predict.zero_shot_labels: '{trained[0]}' is a trained label of this recipe (it is scored "
                          f"anyway); list only labels the models never trained on")
@@ -354,7 +355,9 @@ def _settings(cfg) -> dict:
                 view_weights=dict(pc.view_weights), other_view_weight=float(pc.other_view_weight),
                 normal_gating=None if gating is None else float(gating), oof_normalise=pc.oof_normalise,
                 use_full_fit=pc.use_full_fit,
-                bootstrap=int(pc.bootstrap), zero_shot=list(pc.get("zero_shot_labels") or []))
+                bootstrap=int(pc.bootstrap), zero_shot=list(pc.get("zero_shot_labels") or []),
+                data_zero_shot=list(cfg.data.get("zero_shot_labels") or []),
+                group_counts=list(cfg.data.get("group_counts") or []))
 
 
 def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final_key: str, pos, n) -> dict:

@@ -61,6 +61,5 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
 
 
 def _best_index(history: list) -> int:
-    """Index of the best epoch of a log: its `val_score` (val_mAP in logs written before it existed)."""
-    key = "val_score" if "val_score" in history[-1] else "val_mAP"
-    return max(range(len(history)), key=lambda i: (history[i][key], -i))
+    """Index of the best epoch of a log: its `val_score` (val_mAP in rows written before it existed)."""
+    return max(range(len(history)), key=lambda i: (history[i].get("val_score", history[i]["val_mAP"]), -i))

@@ -130,13 +130,13 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     allowed = tuple(names.index(x) for x in spec.normal_allows)
     epochs = full_fit_epochs(cfg) if full else int(tcfg.epochs)
     base_seed = int(cfg.seed) + 1000 * (k if full else fold)
+    text_emb = None      # before the seed: loading an encoder may draw random numbers, a cached file does not
+    if cfg.model.get("head") == "ml_decoder" and cfg.model.get("class_queries") == "text":   # frozen, cached once
+        text_emb = label_embeddings(cfg.model, names, experiment_dir(cfg) / TEXT_CACHE)
     set_seed(base_seed)
 
     init = cfg.model.get("init_from")
     src = source(init) if init else None      # built like the source model (a converted ViT's shape)
-    text_emb = None
-    if cfg.model.get("head") == "ml_decoder" and cfg.model.get("class_queries") == "text":   # frozen, cached once
-        text_emb = label_embeddings(cfg.model, names, experiment_dir(cfg) / TEXT_CACHE)
     net = create_model(Config(dict(cfg.model, pretrained=False, pretrained_path=None)) if init else cfg.model, len(names),
                        image_size=int(cfg.cache.size), timm_kwargs=src[2]["model"].get("timm_kwargs") if src else None,
                        text_emb=text_emb)

@@ -305,7 +305,7 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
         arch2 = dict(kind="study_fusion", backbone=arch, labels=names, num_classes=len(names),
                      image_size=arch["image_size"], resize=arch["resize"], mean=arch["mean"], std=arch["std"],
                      fusion=dict(in_dim=dim, grid=grid, dim=int(s2.dim), layers=int(s2.layers), heads=int(s2.heads)),
-                     view_kinds=vocab, max_views=int(s2.max_views))
+                     view_kinds=vocab, max_views=int(s2.max_views), task=spec.task)
         to_input = _studies_in
         train_ds = StudyFeatures(feats, [groups[i] for i in tr_s], kinds, ys[tr_s], s2.max_views, t, True, hflip, base_seed)
         val_ds = StudyFeatures(feats, [groups[i] for i in va_s], kinds, ys[va_s], s2.max_views, t, False)
@@ -358,7 +358,7 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
     history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
                                         out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold} ({s2.method})",
                                         label=f"fold {fold} {s2.method}", val_ids=df[spec.id_col].iloc[val_rows],
-                                        names=names, stop_after=stop_after)
+                                        names=names, stop_after=stop_after, patience=cfg.train.get("patience"))
     tracking.finish(accelerator)
     if stopped:
         return dict(stopped=True, epoch=len(history), dir=out)
