@@ -256,6 +256,10 @@ def test_kfold_scheme_on_a_multiclass_task_covers_the_training_csv(sl_root, tmp_
     assert oof["id"].tolist() == train["id"].tolist() and set(oof["fold"]) == {0, 1}
     m = json.loads((r["dir"] / "metrics.json").read_text())
     assert m["multiclass"]["oof"]["n_images"] == len(train) and set(m["per_fold"]) == {"0", "1"}
+    # per-fold figures group classes by the same training-count rule as the headline (all tail here: < 40 images)
+    fold0 = m["folds"]["per_fold"]["0"]
+    assert (fold0["head"] is None or fold0["head"] != fold0["head"]) and fold0["tail"] is not None
+    assert m["groups"]["tail"] is not None and (m["groups"]["head"] is None or m["groups"]["head"] != m["groups"]["head"])
 
 
 def test_review_fixes_unlabelled_csv_fusion_rank_blend_and_old_logs(sl_root, sl_run, tmp_path):

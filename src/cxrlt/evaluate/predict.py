@@ -279,7 +279,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
                 result[key]["zero_shot"] = split_zs
             if spec.view_col and spec.view_col in df.columns:
                 result[key]["by_view"] = view_figures(split_y, probs, view_groups(df[spec.view_col]), names,
-                                                      train_pos, n_train)
+                                                      train_pos, n_train, class_groups=groups)
             if spec.multiclass:
                 result["multiclass"][key] = dict(multiclass_metrics(split_y, probs, names, train_pos, spec.group_counts),
                                                  csv=display_path(spec.csv(s)))
@@ -366,13 +366,15 @@ def _validation(cfg, spec, train_df, y, final, raw, fold_of, arrays: dict, final
     and each variant against the final OOF (paired bootstrap over patients, `predict.bootstrap`
     resamples, seed 0)."""
     names = list(spec.labels)
-    folds = fold_summary(y, final, fold_of, names, pos, n)
+    class_groups = count_groups(pos, *spec.group_counts) if spec.multiclass else None   # as the headline's
+    folds = fold_summary(y, final, fold_of, names, pos, n, class_groups)
     pooled = map_score(y, final)
     out = dict(folds=folds, per_fold={k: v["mAP"] for k, v in folds["per_fold"].items()},
                drift=drift_check(y, pooled, folds["mean"]["mAP"], raw, fold_of, names,
                                  best_epochs(experiment_dir(cfg), folds["per_fold"]), normalised=cfg.predict.oof_normalise))
     if spec.view_col and spec.view_col in train_df.columns:
-        out["by_view"] = view_figures(y, final, view_groups(train_df[spec.view_col]), names, pos, n, folds=fold_of)
+        out["by_view"] = view_figures(y, final, view_groups(train_df[spec.view_col]), names, pos, n, folds=fold_of,
+                                      class_groups=class_groups)
     n_boot = int(cfg.predict.bootstrap)
     if n_boot and len(arrays) > 1:
         ap = bootstrap_ap(y, arrays, train_df[spec.patient_col], n_boot, seed=0)

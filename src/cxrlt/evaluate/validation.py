@@ -47,14 +47,16 @@ def _mean_std(rows: list[dict]) -> tuple[dict, dict]:
     return mean, std
 
 
-def fold_summary(y, p, folds, names, train_positives, n_train: int) -> dict:
+def fold_summary(y, p, folds, names, train_positives, n_train: int, class_groups=None) -> dict:
     """Per-fold figures (each fold's held-out images alone), their mean and std:
-    dict(per_fold={k: {metric: value, n_images}}, mean={metric: ...}, std={metric: ...})."""
+    dict(per_fold={k: {metric: value, n_images}}, mean={metric: ...}, std={metric: ...}).
+    class_groups: each class's group when not by training prevalence (metrics.evaluate)."""
     y, p, folds = np.asarray(y), np.asarray(p, np.float64), np.asarray(folds)
     per_fold = {}
     for k in np.unique(folds):
         rows = folds == k
-        per_fold[int(k)] = dict(headline(evaluate(y[rows], p[rows], names, train_positives, n_train)),
+        per_fold[int(k)] = dict(headline(evaluate(y[rows], p[rows], names, train_positives, n_train,
+                                                  groups=class_groups)),
                                 n_images=int(rows.sum()))
     mean, std = _mean_std(list(per_fold.values()))
     return dict(per_fold=per_fold, mean=mean, std=std)
@@ -129,7 +131,7 @@ def view_groups(views) -> np.ndarray:
                      for v in views], dtype=object)
 
 
-def view_figures(y, p, groups, names, train_positives, n_train: int, folds=None) -> dict:
+def view_figures(y, p, groups, names, train_positives, n_train: int, folds=None, class_groups=None) -> dict:
     """Figures per view group present: {group: dict(n_images, pooled={metric}, [fold_mean, fold_std])}."""
     y, p, groups = np.asarray(y), np.asarray(p, np.float64), np.asarray(groups)
     out = {}
@@ -137,9 +139,10 @@ def view_figures(y, p, groups, names, train_positives, n_train: int, folds=None)
         rows = groups == g
         if not rows.any():
             continue
-        r = dict(n_images=int(rows.sum()), pooled=headline(evaluate(y[rows], p[rows], names, train_positives, n_train)))
+        r = dict(n_images=int(rows.sum()), pooled=headline(evaluate(y[rows], p[rows], names, train_positives, n_train,
+                                                                    groups=class_groups)))
         if folds is not None:
-            f = fold_summary(y[rows], p[rows], np.asarray(folds)[rows], names, train_positives, n_train)
+            f = fold_summary(y[rows], p[rows], np.asarray(folds)[rows], names, train_positives, n_train, class_groups)
             r.update(fold_mean=f["mean"], fold_std=f["std"])
         out[g] = r
     return out
