@@ -266,7 +266,7 @@ def test_review_fixes_unlabelled_csv_fusion_rank_blend_and_old_logs(sl_root, sl_
     from cxrlt.data.datasets import check_task, read_split, resolve_dataset
     from cxrlt.ensemble.blend import blend_experiment
     from cxrlt.evaluate.predict import predict_experiment
-    from cxrlt.train.epochs import _best_index
+    from cxrlt.train.epochs import best_index
 
     cfg, _, r, _ = sl_run
     spec = resolve_dataset(cfg.data)
@@ -288,4 +288,4 @@ def test_review_fixes_unlabelled_csv_fusion_rank_blend_and_old_logs(sl_root, sl_
                                            list(cfg.overrides) + ["data.group_counts=[5, 8]"]), progress=False)
     assert not again["skipped"] and again["multiclass"]["oof"]["group_rule"].startswith("head > 8")
     # logs written before val_score existed still find their best epoch
-    assert _best_index([{"val_mAP": 0.2}, {"val_mAP": 0.3, "val_score": 0.1}, {"val_mAP": 0.1, "val_score": 0.4}]) == 2
+    assert best_index([{"val_mAP": 0.2}, {"val_mAP": 0.3, "val_score": 0.1}, {"val_mAP": 0.1, "val_score": 0.4}]) == 2

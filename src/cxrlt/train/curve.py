@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cxrlt.fileio import save_figure  # noqa: E402
+from cxrlt.train.epochs import best_index  # noqa: E402
 
 
 def plot_training_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
@@ -23,7 +24,7 @@ def plot_training_curve(history: list[dict], path: str | Path, title: str = "") 
     key = "val_bAcc" if "val_bAcc" in history[-1] else "val_mAP"    # what picks the best epoch
     if key == "val_bAcc":
         b.plot(ep, [h["val_bAcc"] for h in history], "o-", label="val balanced accuracy")
-    best = max(range(len(history)), key=lambda i: (history[i][key], -i))
+    best = best_index(history)
     b.annotate(f"best {history[best][key]:.3f}", (ep[best], history[best][key]),
                textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
     b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend(), b.grid(alpha=0.3)

@@ -24,8 +24,7 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
 
     main = accelerator.is_main_process
     t_run = time.time()
-    if patience and history and start < epochs and "val_mAP" in history[-1] and history[-1]["val_mAP"] == history[-1]["val_mAP"] \
-            and len(history) - 1 - _best_index(history) >= patience:
+    if patience and history and start < epochs and epochs_since_best(history) >= patience:
         return history, best, False     # a resumed run that had already stopped early
     for epoch in range(start, epochs):
         row, v = run_epoch(epoch)
@@ -50,7 +49,7 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
                   f"{row['img_s']:.0f} img/s, {row['time_s']:.0f} s"
                   f"{f', ETA {eta / 60:.1f} min' if eta > 0 else ''}", flush=True)
         accelerator.wait_for_everyone()
-        if patience and v is not None and len(history) - 1 - _best_index(history) >= patience and epoch + 1 < epochs:
+        if patience and v is not None and epochs_since_best(history) >= patience and epoch + 1 < epochs:
             if main:
                 print(f"{label}: no better validation score for {patience} epochs: stopping early after epoch "
                       f"{epoch + 1} (train.patience)", flush=True)
@@ -60,6 +59,11 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
     return history, best, False
 
 
-def _best_index(history: list) -> int:
-    """Index of the best epoch of a log: its `val_score` (val_mAP in rows written before it existed)."""
+def best_index(history: list) -> int:
+    """Index of the best epoch of a log, the first of ties: its `val_score` (val_mAP in rows written
+    before it existed)."""
     return max(range(len(history)), key=lambda i: (history[i].get("val_score", history[i]["val_mAP"]), -i))
+
+
+def epochs_since_best(history: list) -> int:
+    return len(history) - 1 - best_index(history)

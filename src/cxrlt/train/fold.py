@@ -43,7 +43,7 @@ from cxrlt.models.transfer import init_from, source, use_input_stats
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
-from cxrlt.train.epochs import run_epochs
+from cxrlt.train.epochs import best_index, run_epochs
 from cxrlt.train.loop import set_epoch, train_one_epoch, validate
 from cxrlt.train.saver import CheckpointSaver
 
@@ -222,7 +222,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     if stopped:
         tracking.finish(accelerator)
         return dict(stopped=True, epoch=len(history), dir=out)
-    best_epoch = len(history) if full else int(np.argmax([h.get("val_score", h["val_mAP"]) for h in history])) + 1
+    best_epoch = len(history) if full else best_index(history) + 1
     summary = dict(fold=fold, best_mAP=best if full else float(history[best_epoch - 1]["val_mAP"]), best_score=best,
                    score="val_bAcc" if spec.multiclass else "val_mAP", best_epoch=best_epoch, epochs=len(history),
                    init=saver.init, fingerprint=fp, skipped=False)

@@ -55,7 +55,7 @@ from cxrlt.models.inference import predict_loader
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
 from cxrlt.train import tracking
-from cxrlt.train.epochs import run_epochs
+from cxrlt.train.epochs import best_index, run_epochs
 from cxrlt.train.features import FeatureStore, cache_key
 from cxrlt.train.fold import OUTPUTS, cosine_with_warmup
 from cxrlt.train.loop import set_epoch, train_one_epoch, val_figures
@@ -362,7 +362,7 @@ def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net,
     tracking.finish(accelerator)
     if stopped:
         return dict(stopped=True, epoch=len(history), dir=out)
-    best_epoch = int(np.argmax([h.get("val_score", h["val_mAP"]) for h in history])) + 1
+    best_epoch = best_index(history) + 1
     return dict(fold=fold, best_mAP=float(history[best_epoch - 1]["val_mAP"]), best_score=best, best_epoch=best_epoch,
                 score="val_bAcc" if spec.multiclass else "val_mAP", epochs=epochs, init=saver.init)
 
