@@ -256,25 +256,10 @@ BENCH_NOTE = ("The layout of Holste et al. 2022 (seeds/000), every figure from t
               "of a paired bootstrap over patients of that test set ({n} resamples, seed {seed}); n.d.: contains 0")
 
 
-def _balanced_accuracy(true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    """Mean recall over the classes present (scikit-learn's balanced_accuracy_score, vectorised for the bootstrap)."""
-    hit = np.bincount(true, weights=(pred == true).astype(float), minlength=n_classes)
-    n = np.bincount(true, minlength=n_classes)
-    return float((hit[n > 0] / n[n > 0]).mean())
-
-
-def _group_avg(true, pred, n_classes, groups) -> float:
-    hit = np.bincount(true, weights=(pred == true).astype(float), minlength=n_classes)
-    n = np.bincount(true, minlength=n_classes)
-    acc = np.where(n > 0, hit / np.maximum(n, 1), np.nan)
-    means = [np.nanmean(acc[groups == g]) for g in ("head", "medium", "tail") if np.isfinite(acc[groups == g]).any()]
-    return float(np.mean(means))
-
-
 def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
     """Stage 08 for data.task=multiclass: the benchmark's table from each recipe's metrics.json and
     predictions, with paired-bootstrap intervals of d_avg (balanced test) and d_bAcc (test)."""
-    from cxrlt.metrics import count_groups
+    from cxrlt.metrics import class_accuracy, count_groups, group_accuracy
 
     cc = cfgs[0].get("compare") or {}
     n_boot, seed = check_count("compare.bootstrap", cc.get("bootstrap", 1000)), check_count("compare.seed", cc.get("seed", 0))
@@ -316,10 +301,12 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
         for key, fname in (("development", "development.csv"), ("test", "test.csv")):
             p = read_predictions(exp / fname, names, spec.id_col, ids=truth[key][0][spec.id_col])
             pred[key] = p[names].to_numpy().argmax(1)
+        # per resample: the balanced test's group average, the test's balanced accuracy (mean per-class accuracy)
         boots[cfg.name] = dict(
-            avg=np.array([_group_avg(truth["development"][1][r], pred["development"][r], len(names), groups)
-                          for r in draws["development"]]),
-            bAcc=np.array([_balanced_accuracy(truth["test"][1][r], pred["test"][r], len(names)) for r in draws["test"]]))
+            avg=np.array([group_accuracy(class_accuracy(truth["development"][1][r], pred["development"][r], len(names)),
+                                         groups)[1] for r in draws["development"]]),
+            bAcc=np.array([np.nanmean(class_accuracy(truth["test"][1][r], pred["test"][r], len(names)))
+                           for r in draws["test"]]))
         dev, test = mc["development"], mc["test"]
         rows.append(dict(recipe=cfg.name, **dev["groups"], avg=dev["avg"], overall=dev["overall"], mF1=test["mF1"],
                          bAcc=test["bAcc"], val_bAcc=mc.get("oof", {}).get("bAcc", float("nan")),
