@@ -9,11 +9,12 @@ from cxrlt.fileio import display_path, project_path
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="input/demo", help="output folder (default: input/demo)")
-    p.add_argument("--n-train", type=int, default=3000, help="training images")
+    p.add_argument("--out", default=None, help="output folder (default: input/demo, input/demo-single-label)")
+    p.add_argument("--n-train", type=int, default=None, help="training images (default 3000; single-label: 1000)")
     p.add_argument("--n-dev", type=int, default=500, help="development images (labelled)")
     p.add_argument("--n-test", type=int, default=500, help="test images (no labels)")
-    p.add_argument("--max-side", type=int, default=384, help="largest image side in pixels")
+    p.add_argument("--max-side", type=int, default=None, help="largest image side in pixels (default 384; "
+                   "single-label: 192)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--force", action="store_true", help="regenerate even if a complete demo is there")
@@ -39,9 +40,8 @@ def main():
     if a.single_label:
         from cxrlt.data.demo import make_single_label_demo
 
-        out = project_path("input/demo-single-label" if a.out == "input/demo" else a.out)
-        n_train = 1000 if a.n_train == 3000 else a.n_train
-        r = make_single_label_demo(out, n_train=n_train, max_side=min(a.max_side, 192), seed=a.seed,
+        out = project_path(a.out or "input/demo-single-label")
+        r = make_single_label_demo(out, n_train=a.n_train or 1000, max_side=a.max_side or 192, seed=a.seed,
                                    workers=a.workers, force=a.force)
         if r["skipped"]:
             print(f"{display_path(out)}: single-label demo already complete (seed {a.seed}); --force regenerates it")
@@ -52,11 +52,11 @@ def main():
     if a.relabelled:
         from cxrlt.data.demo import make_relabelled
 
-        r = make_relabelled(project_path(a.out), project_path("folds/demo_folds.csv"), project_path("input/demo_relabelled"))
+        r = make_relabelled(project_path(a.out or "input/demo"), project_path("folds/demo_folds.csv"), project_path("input/demo_relabelled"))
         print(f"wrote input/demo_relabelled/: {r['train']} training images, labels {', '.join(r['labels'])}")
         return
-    out = project_path(a.out)
-    r = make_demo(out, a.n_train, a.n_dev, a.n_test, a.max_side, a.seed, a.workers, a.force)
+    out = project_path(a.out or "input/demo")
+    r = make_demo(out, a.n_train or 3000, a.n_dev, a.n_test, a.max_side or 384, a.seed, a.workers, a.force)
     if r["skipped"]:
         print(f"{display_path(out)}: demo already complete (seed {a.seed}); --force regenerates it")
         return

@@ -55,12 +55,12 @@ class DatasetSpec:
     holdout_labels: tuple[str, ...] = ()       # dataset labels left out of training (`labels` lacks them)
     zero_shot_labels: tuple[str, ...] = ()     # labels without a training column (a zero-shot preset's)
     submission: tuple[str, ...] | None = None  # the submission's label columns; None = `labels`
+    task: str = "multilabel"     # multilabel (sigmoid per class) | multiclass (one label per image, softmax)
+    group_counts: tuple = ()     # multiclass: (tail below, head above) training images; () = prevalence groups
 
     @property
     def submission_labels(self) -> tuple[str, ...]:
         return self.submission if self.submission is not None else self.labels
-    task: str = "multilabel"     # multilabel (sigmoid per class) | multiclass (one label per image, softmax)
-    group_counts: tuple = ()     # multiclass: (tail below, head above) training images; () = prevalence groups
 
     def csv(self, split: str) -> Path | None:
         return {"train": self.train_csv, "val": self.val_csv, "dev": self.dev_csv, "test": self.test_csv}[split]

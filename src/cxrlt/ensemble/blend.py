@@ -171,11 +171,11 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     for split, fname in (("test", "test.csv"), ("dev", "development.csv")):
         # zero-shot columns every member has (stage 04 writes them after the trained ones) are
         # carried with the weights fitted on the trained classes: a zero-shot preset submits them
-        loaded = load_members(members, names + zero_shot_columns(members, fname, names), id_col, split)
+        cols = names + zero_shot_columns(members, fname, names)
+        loaded = load_members(members, cols, id_col, split)
         if loaded is None:
             continue
         s_ids, _, s_arr = loaded
-        cols = names + zero_shot_columns(members, fname, names)
         write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), cols, id_col)
     save_resolved(cfg, out / "config.yaml")
     write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],

@@ -174,9 +174,9 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     spec, train_df, files, y, fold_of = training_data(cfg)
     # groups (head / medium / tail) come from the images trained on; the OOF covers the held-out rows:
     # every row with K folds, the validation CSV's with folds.scheme=given (fold -1 = trained on only)
-    train_pos, n_train = (y[fold_of < 0].sum(0), int((fold_of < 0).sum())) if (fold_of < 0).any() else (y.sum(0), len(y))
+    train_pos, n_train = y.sum(0), len(y)
     if (fold_of < 0).any():
-        keep = np.flatnonzero(fold_of >= 0)
+        train_pos, n_train, keep = y[fold_of < 0].sum(0), int((fold_of < 0).sum()), np.flatnonzero(fold_of >= 0)
         train_df, files, y, fold_of = train_df.iloc[keep].reset_index(drop=True), [files[i] for i in keep], y[keep], fold_of[keep]
     names = list(spec.labels)
     zs = zero_shot_names(cfg, spec)
