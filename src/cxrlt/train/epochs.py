@@ -41,7 +41,7 @@ def run_epochs(run_epoch, *, start: int, epochs: int, history: list, best: float
             tracking.log_epoch(accelerator, row)  # before last.pt: a kill in between is purged on resume
             saver.save_last(epoch, best, history)
             write_csv(out / "log.csv", pd.DataFrame(history))
-            plot_training_curve(history, out / "curve.png", title=title)
+            plot_training_curve(history, out / "curve.png", best_index(history), title=title)
             eta = (time.time() - t_run) / (epoch + 1 - start) * (epochs - epoch - 1)
             val = (f"val loss {row['val_loss']:.4f}, val mAP {row['val_mAP']:.4f}, mAUC {row['val_mAUC']:.4f}, "
                    + (f"bAcc {v['val_bAcc']:.4f}, " if "val_bAcc" in v else "") if v is not None else "")
