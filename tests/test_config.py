@@ -18,11 +18,16 @@ def test_demo_recipe_resolves_with_defaults():
 
 
 def test_overrides_nested_and_typed():
-    cfg = load_config(DEMO, ["cache.size=256", "folds.seed=7", "data.labels=[A, B]", "+extra.lr=3e-4"])
+    cfg = load_config(DEMO, ["cache.size=256", "folds.seed=7", "data.labels=[A, B]", "train.lr=3e-4",
+                             "+predict.view_weights.XA=2.5"])
     assert cfg.cache.size == 256 and isinstance(cfg.cache.size, int)
     assert cfg.folds.seed == 7
     assert cfg.data.labels == ["A", "B"]
-    assert cfg.extra.lr == pytest.approx(3e-4) and isinstance(cfg.extra.lr, float)
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.predict.view_weights == {"PA": 7, "AP": 7, "LATERAL": 3, "LL": 3, "XA": 2.5}
+    # `+` adds keys to open mappings only: a new key anywhere else would never be read
+    with pytest.raises(CxrltError, match=r"^override '\+extra.lr=3e-4': no key 'extra' under the top level"):
+        load_config(DEMO, ["+extra.lr=3e-4"])
 
 
 @pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("1", 1), ("true", True), ("null", None), ("abc", "abc")])

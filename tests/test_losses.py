@@ -5,11 +5,12 @@ import yaml
 from conftest import ROOT
 
 from cxrlt.config import Config
+from cxrlt.schema import defaults as recipe_defaults
 from cxrlt.errors import CxrltError
 from cxrlt.losses import FocalLoss, build_loss, class_weights
 from cxrlt.losses.ldam import ldam_margins
 
-DEFAULT_LOSS = yaml.safe_load((ROOT / "src/cxrlt/defaults.yaml").read_text())["loss"]
+DEFAULT_LOSS = recipe_defaults()["loss"]
 
 
 def lcfg(**kw):

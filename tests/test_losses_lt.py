@@ -5,7 +5,8 @@ import pytest
 import torch
 import yaml
 
-from cxrlt.config import DEFAULTS_FILE, Config
+from cxrlt.config import Config
+from cxrlt.schema import defaults as recipe_defaults
 from cxrlt.errors import CxrltError
 from cxrlt.losses import build_loss
 from cxrlt.losses.db import DistributionBalancedLoss
@@ -47,7 +48,7 @@ def ral_by_hand(z, y, gp, gn, clip, lam, e1, e2):
 
 
 def loss_cfg(name, **over):
-    return Config({**yaml.safe_load(DEFAULTS_FILE.read_text())["loss"], "name": name, **over})
+    return Config({**recipe_defaults()["loss"], "name": name, **over})
 
 
 @pytest.mark.parametrize("params", [(0.1, 10.0, 0.2, 2.0, 0.05, 2.0), (0.1, 10.0, 0.3, 5.0, 0.05, 0.0),

@@ -3,8 +3,10 @@
     cfg = load_config("experiments/demo.yaml", ["train.lr=3e-4", "cache.size=256"])
     cfg.train.lr, cfg.out_dir
 
-Every key a run can use is listed with its default in `defaults.yaml`; an override of a key that
-is not there is refused (typos fail loudly), unless written `+key=value`.
+Every key a run can use is declared in `schema.py` (type, range or choices, default, doc); a key
+that is not there is refused with a suggestion, and every value is checked at load, so a typo fails
+in a second instead of after hours of training. `+key=value` adds a key to an open mapping
+(`+predict.view_weights.XA=3`).
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from typing import Any, Iterable
 
 import yaml
 
+from cxrlt import schema
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path, write_yaml
 
-DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -82,19 +84,17 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-# Mappings whose keys are the user's (not listed in defaults.yaml): a recipe may add keys there.
-OPEN_SECTIONS = {"predict.view_weights"}
-
-
 def check_keys(data: dict, defaults: dict, source: str, prefix: str = "") -> None:
-    """Refuse a key of a recipe file that defaults.yaml does not list (a typo would be silently ignored)."""
+    """Refuse a key of a recipe file that the schema does not list (a typo would be silently ignored)."""
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if path in schema.REPLACED:
+            raise CxrltError(f"{source}: {path} was replaced by {schema.REPLACED[path]}")
         if key not in defaults:
             near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=3)
             hint = f"; did you mean {', '.join(f'{prefix}{n}' for n in near)}?" if near else ""
-            raise CxrltError(f"{source}: unknown key '{path}'{hint} (every key is listed in src/cxrlt/defaults.yaml)")
-        if isinstance(value, dict) and isinstance(defaults[key], dict) and path not in OPEN_SECTIONS:
+            raise CxrltError(f"{source}: unknown key '{path}'{hint} (every key is listed in docs/configuration.md)")
+        if isinstance(value, dict) and isinstance(defaults[key], dict) and path not in schema.OPEN_MAPPINGS:
             check_keys(value, defaults[key], source, f"{path}.")
 
 
@@ -127,6 +127,8 @@ def parse_value(text: str) -> Any:
 
 
 def apply_override(cfg: dict, item: str) -> None:
+    """`key.sub=value` sets an existing key; `+mapping.key=value` adds a key to an open mapping
+    (schema.OPEN_MAPPINGS, e.g. predict.view_weights); anything else unknown is refused with a hint."""
     if "=" not in item:
         raise CxrltError(f"override '{item}': expected key=value (e.g. train.lr=3e-4)")
     key, text = item.split("=", 1)
@@ -136,99 +138,62 @@ def apply_override(cfg: dict, item: str) -> None:
     node = cfg
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
+        parent = ".".join(parts[:i])
         if part not in node:
-            if not add:
-                where = ".".join(parts[:i]) or "the top level"
+            if key in schema.REPLACED:
+                raise CxrltError(f"override '{item}': {key} was replaced by {schema.REPLACED[key]}")
+            if not (add and last and parent in schema.OPEN_MAPPINGS):
                 near = difflib.get_close_matches(part, [str(k) for k in node], n=3)
                 hint = f"; did you mean {', '.join(near)}?" if near else ""
-                raise CxrltError(f"override '{item}': no key '{part}' under {where}{hint} (use +{key}=... to add one)")
-            node[part] = {} if not last else None
+                how = f" (use +{key}=... to add one)" if parent in schema.OPEN_MAPPINGS else ""
+                raise CxrltError(f"override '{item}': no key '{part}' under {parent or 'the top level'}{hint}{how}")
+            node[part] = None
         if last:
             node[part] = parse_value(text)
         else:
+            if node[part] is None and add and ".".join(parts[:i + 1]) in schema.OPEN_MAPPINGS:
+                node[part] = {}
             if not isinstance(node[part], dict):
                 raise CxrltError(f"override '{item}': '{'.'.join(parts[:i + 1])}' is a value, not a section")
             node = node[part]
 
 
-# Keys that count things: whole numbers only. Every other key whose default is a number takes any number.
-INTEGER_KEYS = {"seed", "cache.size", "cache.workers", "cache.max_image_pixels", "folds.k", "folds.seed", "train.epochs", "train.batch_size",
-                "train.val_batch_size", "train.grad_accum", "train.workers", "train.log_every",
-                "train.max_steps_per_epoch", "predict.batch_size", "predict.workers", "blend.fit_steps",
-                "augment.mosaic_off_last_epochs", "loss.drw_epoch", "predict.bootstrap", "compare.bootstrap",
-                "compare.seed", "model.decoder_dim", "model.decoder_heads", "model.decoder_layers", "stage2.epochs",
-                "stage2.batch_size", "stage2.max_views", "stage2.dim", "stage2.layers", "stage2.heads", "stage2.grid",
-                "stage2.batch_features", "stage2.workers", "train.full_epochs", "train.patience"}
-# (low, high, low inclusive, high inclusive); None = unbounded
-_PROB = (0, 1, True, True)
-RANGES = {
-    "cache.size": (8, None, True, None), "cache.workers": (0, None, True, None), "folds.k": (2, None, True, None),
-    "train.epochs": (1, None, True, None), "train.batch_size": (1, None, True, None),
-    "train.val_batch_size": (1, None, True, None), "train.lr": (0, None, False, None),
-    "train.weight_decay": (0, None, True, None), "train.warmup_epochs": (0, None, True, None),
-    "train.min_lr_ratio": _PROB, "train.grad_clip": (0, None, True, None), "train.grad_accum": (1, None, True, None),
-    "train.ema_decay": (0, 1, True, False), "train.workers": (0, None, True, None), "train.log_every": (1, None, True, None),
-    "train.max_steps_per_epoch": (1, None, True, None), "train.class_aware_t": (0, 1, False, True),
-    "train.class_aware_cap": (1, None, True, None), "predict.batch_size": (1, None, True, None),
-    "predict.workers": (0, None, True, None), "blend.fit_steps": (1, None, True, None),
-    "predict.bootstrap": (0, None, True, None), "compare.bootstrap": (0, None, True, None),
-    "loss.label_smoothing": (0, 1, True, False), "loss.drw_epoch": (0, None, True, None),
-    "augment.mosaic_min_visible": _PROB, "augment.mosaic_off_last_epochs": (0, None, True, None),
-    "augment.mixup_alpha": (0, None, False, None), "augment.balanced_mixup_alpha": (0, None, False, None),
-    "model.drop_rate": (0, 1, True, False), "model.drop_path_rate": (0, 1, True, False),
-    "model.decoder_dim": (1, None, True, None), "model.decoder_heads": (1, None, True, None),
-    "model.decoder_layers": (1, None, True, None), "model.csra_lambda": (0, None, True, None),
-    "train.full_epochs": (1, None, True, None), "train.patience": (1, None, True, None), "stage2.epochs": (1, None, True, None), "stage2.batch_size": (1, None, True, None), "stage2.lr": (0, None, False, None),
-    "stage2.weight_decay": (0, None, True, None), "stage2.max_views": (1, None, True, None),
-    "stage2.dim": (1, None, True, None), "stage2.layers": (1, None, True, None), "stage2.heads": (1, None, True, None),
-    "stage2.grid": (1, None, True, None), "stage2.batch_features": (1, None, True, None), "stage2.workers": (0, None, True, None),
-    **{f"augment.{k}": _PROB for k in ("hflip", "affine", "brightness_contrast", "dropout", "mosaic", "mixup",
-                                        "cutmix", "balanced_mixup")},
-}
+def format_error(err: dict) -> str:
+    """One pydantic error as our one line: `key=value: must be ...`, `key must be one of ..., not 'x'`."""
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(p for p in loc)
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{path}' (every key is listed in docs/configuration.md)"
+    if err["type"] == "cxrlt":
+        return f"{path} {ctx['text']}" if ctx.get("style") == "choice" else f"{path}={value!r}: {ctx['text']}"
+    return f"{path}={value!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def validate(merged: dict) -> dict:
+    """The merged recipe checked against the schema (every key, type, range and choice, then the rules
+    between keys): the validated values as a plain dict, or a one-line CxrltError naming the key."""
+    from pydantic import ValidationError
 
-
-def check_values(cfg: dict, defaults: dict, prefix: str = "") -> None:
-    """Every value against its default's type and the documented range, before any work starts;
-    whole numbers written as 3.0 become 3. One-line CxrltError naming the key and the value."""
-    for key, default in defaults.items():
-        path, value = f"{prefix}{key}", cfg.get(key)
-        if isinstance(default, dict):
-            if isinstance(value, dict) and path not in OPEN_SECTIONS:
-                check_values(value, default, f"{path}.")
-            continue
-        if value is None or default is None and path not in INTEGER_KEYS | set(RANGES):
-            continue
-        if path in INTEGER_KEYS or _is_number(default):
-            if not _is_number(value):
-                kind = "a whole number" if path in INTEGER_KEYS else "a number"
-                raise CxrltError(f"{path}={value!r}: must be {kind}")
-            if path in INTEGER_KEYS:
-                if float(value) != int(value):
-                    raise CxrltError(f"{path}={value!r}: must be a whole number")
-                cfg[key] = value = int(value)
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise CxrltError(f"{path}={value!r}: must be true or false")
-        if path in RANGES:
-            lo, hi, lo_in, hi_in = RANGES[path]
-            if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
-                    (hi is not None and (value > hi or (value == hi and not hi_in))):
-                lo_s = "" if lo is None else f"{'>=' if lo_in else '>'} {lo}"
-                hi_s = "" if hi is None else f"{'<=' if hi_in else '<'} {hi}"
-                raise CxrltError(f"{path}={value!r}: must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+    try:
+        out = schema.Recipe.model_validate(merged).model_dump(by_alias=True)
+    except ValidationError as e:
+        raise CxrltError(format_error(e.errors()[0])) from None
+    problem = schema.cross_checks(out)
+    if problem:
+        raise CxrltError(problem)
+    return out
 
 
 def load_config(recipe: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Defaults <- recipe (with its `base:` chain) <- command-line overrides, every value checked."""
     path = project_path(recipe)
-    defaults = load_yaml(DEFAULTS_FILE.read_text())
+    defaults = schema.defaults()
     merged = deep_merge(defaults, _load_recipe(path, defaults=defaults))
     for item in overrides:
         apply_override(merged, item)
-    check_values(merged, defaults)
+    merged = validate(merged)
     if not merged.get("name"):
         merged["name"] = path.stem
     cfg = Config(merged)

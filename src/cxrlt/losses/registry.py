@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 
-from cxrlt.config import DEFAULTS_FILE
+
+from cxrlt.schema import defaults as recipe_defaults
 from cxrlt.errors import CxrltError
 from cxrlt.losses.base import AsymmetricLoss, BCELoss, FocalLoss, MultiLabelLoss
 from cxrlt.losses.weights import class_weights
@@ -52,7 +52,7 @@ def register(name: str, keys=(), weights: bool = True, task: str = "multilabel")
 
 
 def _defaults() -> dict:
-    return yaml.safe_load(DEFAULTS_FILE.read_text())["loss"]
+    return recipe_defaults()["loss"]
 
 
 def _check_keys(lcfg, name: str, entry: _Entry) -> None:
