@@ -1,4 +1,4 @@
-"""Leaderboard metrics: per-class scikit-learn scores averaged over classes (DESIGN.md section 5).
+"""Leaderboard metrics: per-class scikit-learn scores averaged over classes (docs/design.md, "Metrics").
 
 A class with no positive in the scored set has no AP: it is left out of every mean and named in
 `left_out`. Head / medium / tail groups come from training prevalence.
@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 
 def prevalence_groups(counts, n_total) -> list[str]:
-    """head > 10 %, medium 1-10 %, tail < 1 % of training images (DESIGN.md section 1)."""
+    """head > 10 %, medium 1-10 %, tail < 1 % of training images (docs/design.md, "Groups")."""
     out = []
     for c in counts:
         p = c / n_total

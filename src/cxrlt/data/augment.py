@@ -1,9 +1,9 @@
 """Training augmentation: an albumentations pipeline, and mosaic / MixUp / CutMix with their label rule.
 
 Label rule for every image mix: a finding is positive if any visible source image has it (clip of
-the sum, seeds/002), except the normal class (`No Finding` / `Normal`), which is positive only if
+the sum, Nguyen-Mau et al. 2023), except the normal class (`No Finding` / `Normal`), which is positive only if
 some source was normal and no finding other than the allowed ones (`Support Devices`) is present
-in the result (PEER_NOTES.md).
+in the result (docs/design.md, "Mixed labels").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dataset presets (DESIGN.md section 1) and validation of the competition CSVs.
+"""Dataset presets (docs/design.md, "Datasets and presets") and validation of the competition CSVs.
 
 `resolve_dataset(cfg.data)` gives a `DatasetSpec` with absolute paths and column names;
 `read_split(spec, "train")` reads one CSV and checks it, raising `CxrltError` with one line that
@@ -28,7 +28,7 @@ from cxrlt.fileio import display_path, project_path
 
 SPLITS = ("train", "val", "dev", "test")
 TASKS = ("multilabel", "multiclass")
-# Benchmark groups of a multiclass task by training images per class (Holste et al. 2022, seeds/000):
+# Benchmark groups of a multiclass task by training images per class (Holste et al., MICCAI DALI 2022):
 # tail < 100 <= medium <= 1000 < head.
 BENCHMARK_GROUPS = (100, 1000)
 

@@ -1,4 +1,4 @@
-"""A synthetic, CXR-LT-2023-shaped dataset (DESIGN.md section 2) so every stage runs anywhere.
+"""A synthetic, CXR-LT-2023-shaped dataset (docs/design.md, "The demo dataset") so every stage runs anywhere.
 
 Patients have 1-4 studies, studies 1-3 views (PA/AP, often a LATERAL); labels are per study, with
 the 2023 training frequencies (exact quotas per split, so the tail still has a few positives),

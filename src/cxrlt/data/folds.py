@@ -1,4 +1,4 @@
-"""Patient-grouped multilabel-stratified K folds (DESIGN.md section 3).
+"""Patient-grouped multilabel-stratified K folds (docs/design.md, "Folds").
 
 iterative-stratification has no grouped splitter, so patients are stratified on the union of
 their images' labels and each image inherits its patient's fold.

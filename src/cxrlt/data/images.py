@@ -1,6 +1,6 @@
 """Decode radiographs of any common format to 8-bit gray, resize, and keep a resumable cache.
 
-Each full-size film is decoded once (DESIGN.md section 8): `prepare_cache` writes
+Each full-size film is decoded once (docs/design.md, "Throughput principles"): `prepare_cache` writes
 <cache.dir>/<dataset>/<size>_<resize>_<format>/<id>.<ext>, and training reads only that.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ LABELS_2026 = [
 # images) and CXR-LT 2026 task 2 (the 2026 PadChest test images).
 ZERO_SHOT_2024_TASK3 = ["Bulla", "Cardiomyopathy", "Hilum", "Osteopenia", "Scoliosis"]
 ZERO_SHOT_2026_TASK2 = ["Scoliosis", "Osteopenia", "Bulla", "Infarction", "Adenopathy", "Goiter"]
-# The single-label long-tail benchmark (Holste et al., MICCAI DALI 2022; seeds/000), label columns in
+# The single-label long-tail benchmark (Holste et al., MICCAI DALI 2022), label columns in
 # file order: NIH-CXR-LT (20 classes, ChestX-ray14's 14 + 5 new findings + No Finding) and MIMIC-CXR-LT
 # (19 classes), as in github.com/VITA-Group/LongTailCXR labels/*.csv.
 LABELS_NIH_CXR_LT = [

@@ -248,7 +248,7 @@ def plot_groups(table: pd.DataFrame, path: Path) -> Path:
 # ----------------------------------------------------------------------------- the single-label benchmark's table
 BENCH_COLUMNS = ["recipe", "head", "medium", "tail", "avg", "overall", "mF1", "bAcc", "val_bAcc", "d_avg", "d_avg_lo",
                  "d_avg_hi", "d_bAcc", "d_bAcc_lo", "d_bAcc_hi", "train_min"]
-BENCH_NOTE = ("The layout of Holste et al. 2022 (seeds/000), every figure from the argmax of the softmax: head / "
+BENCH_NOTE = ("The layout of Holste et al. 2022 (MICCAI DALI), every figure from the argmax of the softmax: head / "
               "medium / tail = mean per-class accuracy of each group on the balanced test set ({dev}; groups by "
               "training images per class: {rule}), avg = their mean, overall = mean per-class accuracy there; mF1 "
               "(macro-F1) and bAcc (balanced accuracy, scikit-learn) on the natural test set ({test}); val_bAcc: the "

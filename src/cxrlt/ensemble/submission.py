@@ -1,4 +1,4 @@
-"""Stage 07: the leaderboard file (DESIGN.md section 6), validated before anything is written.
+"""Stage 07: the leaderboard file (docs/design.md, "Submissions"), validated before anything is written.
 
 `submissions/<name>.csv` and `<name>.zip` (the CSV alone at the zip root): the id column and the
 preset's submission labels in order (its labels; a zero-shot preset's findings, e.g. the 5 of

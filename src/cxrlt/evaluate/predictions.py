@@ -1,4 +1,4 @@
-"""Prediction CSVs (DESIGN.md section 4) and study-level aggregation.
+"""Prediction CSVs (docs/design.md, "Prediction CSVs") and study-level aggregation.
 
 A prediction CSV is the id column, then one probability per label in preset order, one row per
 image in the order of the input CSV; `oof.csv` adds `fold`.

@@ -1,5 +1,5 @@
 """The softmax forms of the losses, for data.task=multiclass (one label per image; the single-label
-long-tail benchmark of Holste et al. 2022, seeds/000): cross-entropy, focal, LDAM, each with the
+long-tail benchmark of Holste et al., MICCAI DALI 2022): cross-entropy, focal, LDAM, each with the
 class weights (cb / rw) and deferred re-weighting of the registry.
 
 Targets are rows of class probabilities (one-hot, or linear mixes from MixUp / Balanced-MixUp), so

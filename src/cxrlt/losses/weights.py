@@ -19,7 +19,7 @@ def class_weights(positives, n: int, mode: str | None, beta: float = 0.9999) -> 
     inverse: 1 / f_c; inverse_sqrt: 1 / sqrt(f_c) (f_c = n_c / n);
     cb: class-balanced by the effective number of samples (Cui et al., CVPR 2019): (1 - beta) / (1 - beta^n_c);
     rw: scikit-learn's `balanced` re-weighting n / (C n_c) (after the mean-1 normalisation it equals
-    `inverse`; it is kept under its benchmark name, seeds/000).
+    `inverse`; it is kept under its benchmark name, Holste et al. 2022).
     """
     if not mode:
         return None

@@ -5,7 +5,7 @@
   Head"): one learned query per class cross-attends to the spatial tokens; a decoder layer without
   self-attention (their change to the transformer decoder), then a per-class linear read-out
   ("group fully-connected" with group size 1).
-  With `model.class_queries: text` (seeds/004) the queries are a trained projection of frozen
+  With `model.class_queries: text` (Abdulrasheed 2025) the queries are a trained projection of frozen
   label embeddings from a text encoder (models.text), and the read-out is shared by all classes, so
   a class never trained on can be scored from its embedding alone (zero-shot, `set_text`).
 - `csra` (Zhu & Wu, ICCV 2021, "Residual Attention: A Simple but Effective Method for Multi-Label

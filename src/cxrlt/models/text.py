@@ -1,6 +1,6 @@
 """Label embeddings from a frozen text encoder, the class queries of `model.class_queries: text`.
 
-seeds/004 objectives 2-3: replace the ML-Decoder's learned class queries by embeddings of the class
+Abdulrasheed 2025 (docs/references.md), objectives 2-3: replace the ML-Decoder's learned class queries by embeddings of the class
 names from a biomedical text encoder (BiomedBERT / PubMedBERT, UmlsBERT), so that a finding never
 trained on can still be scored from its name alone (zero-shot).
 
