@@ -13,7 +13,7 @@ def test_demo_recipe_resolves_with_defaults():
     assert cfg.name == "demo"
     assert cfg.data.preset == "demo"
     assert cfg.cache.size == 128           # from the recipe
-    assert cfg.cache.resize == "stretch"   # from defaults.yaml
+    assert cfg.cache.resize == "stretch"   # from the schema defaults
     assert cfg.folds.k == 3
 
 
