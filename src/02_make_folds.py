@@ -3,7 +3,7 @@
 import sys
 
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.data.datasets import resolve_dataset
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.folds import build_folds
 from cxrlt.experiment import given_split
 from cxrlt.fileio import display_path
@@ -23,7 +23,7 @@ def main():
             print(f"warning: {r['shared_patients']} patients have images in both CSVs", file=sys.stderr)
         return
     r = build_folds(cfg, force=args.force)
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     if spec.val_csv is not None:
         print(f"note: folds.scheme=kfold leaves the validation CSV {display_path(spec.val_csv)} unused; the benchmark's "
               f"protocol is folds.scheme=given (the sl_* recipes)", file=sys.stderr)

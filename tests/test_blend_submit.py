@@ -97,7 +97,7 @@ def test_thresholds_beat_half_on_crafted_data(base, tmp_path):
     assert saved["calibration"] == "temperature" and all(isinstance(t, float) for t in saved["calibrators"].values())
     assert tune_thresholds(cfg)["skipped"]                                 # same calibration: up to date
     assert not tune_thresholds(cfg_at(base, tmp_path / "e", "thresholds.calibration=none"))["skipped"]
-    with pytest.raises(CxrltError, match="not one of none, temperature, isotonic"):
+    with pytest.raises(CxrltError, match="must be one of none, temperature, isotonic, not 'platt'"):   # at load
         tune_thresholds(cfg_at(base, tmp_path / "e", "thresholds.calibration=platt"))
 
 

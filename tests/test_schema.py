@@ -38,7 +38,7 @@ def test_choice_typos_stop_at_load_with_one_line(override, message):
     ("train.epochs=true", "train.epochs=True: must be a whole number"),
     ("model.name=3", "model.name=3: must be a text"),
     ("augment.scale=[1.2, 0.9]", "augment.scale=[1.2, 0.9]: must be [low, high] with low <= high"),
-    ("predict.tta=[hflip, scale_0]", "predict.tta=['hflip', 'scale_0']: unknown view 'scale_0'; views are none, "
+    ("predict.tta=[hflip, scale_0]", "predict.tta: unknown view 'scale_0' in ['hflip', 'scale_0']; views are none, "
      "hflip, scale_<factor> (e.g. scale_0.9, scale_1.1) and rotate_<degrees> (e.g. rotate_5, rotate_-5)"),
     ("train.trackers=[tensorbord]",
      "train.trackers.0 must be one of tensorboard, wandb, mlflow, not 'tensorbord'; did you mean tensorboard?"),

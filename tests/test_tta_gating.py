@@ -69,7 +69,7 @@ def test_bad_settings_fail_before_any_work(base, tmp_path):
         predict_experiment(cfg_at(base, empty, "predict.tta=[hflip,shear_5]"), progress=False)
     with pytest.raises(CxrltError, match=r"^predict\.tta_mean .*not 'median'"):
         predict_experiment(cfg_at(base, empty, "predict.tta_mean=median"), progress=False)
-    with pytest.raises(CxrltError, match=r"^predict\.normal_gating .*not 'abc'"):
+    with pytest.raises(CxrltError, match=r"^predict\.normal_gating='abc': must be a number or null$"):
         predict_experiment(cfg_at(base, empty, "predict.normal_gating=abc"), progress=False)
 
 

@@ -167,7 +167,9 @@ def format_error(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key '{path}' (every key is listed in docs/configuration.md)"
     if err["type"] == "cxrlt":
-        return f"{path} {ctx['text']}" if ctx.get("style") == "choice" else f"{path}={value!r}: {ctx['text']}"
+        style = ctx.get("style")
+        return f"{path} {ctx['text']}" if style == "choice" else f"{path}: {ctx['text']}" if style == "key" \
+            else f"{path}={value!r}: {ctx['text']}"
     return f"{path}={value!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
 
 

@@ -1,26 +1,67 @@
 """Where an experiment's files live, and what a checkpoint must agree on with the recipe using it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 
 
+FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an experiment's files live, from its folder alone: what a recipe, a blend member, the
+    web page and a second stage's first stage all use (no recipe needed to find a checkpoint)."""
+    dir: Path
+
+    def fold(self, k) -> Path:
+        return self.dir / (FULL if k == FULL else f"fold{int(k)}")
+
+    def best(self, k) -> Path:
+        """The weights of the best validation epoch: what prediction uses."""
+        return self.fold(k) / "best.pt"
+
+    def last(self, k) -> Path:
+        """Everything a resume needs, rewritten every epoch."""
+        return self.fold(k) / "last.pt"
+
+    def done(self, k) -> Path:
+        """Written last by a finished fold: a fold without it is still training (or was killed)."""
+        return self.fold(k) / "done.json"
+
+    def finished(self, k) -> bool:
+        return self.best(k).is_file() and self.done(k).is_file()
+
+    def finished_folds(self) -> list[int]:
+        """The numbered folds whose training finished (best.pt and done.json), in order."""
+        return sorted(int(d.name[4:]) for d in self.dir.glob("fold*") if d.name[4:].isdigit() and self.finished(d.name[4:]))
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+
 def experiment_dir(cfg) -> Path:
     return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
 
 
-FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
+def layout(cfg) -> Layout:
+    return Layout(experiment_dir(cfg))
+
+
 SCHEMES = ("kfold", "given")
 
 
 def given_split(cfg) -> bool:
     """folds.scheme=given: one model trained on the training CSV, its epoch picked on data.val_csv."""
-    scheme = (cfg.get("folds") or {}).get("scheme", "kfold")
-    if scheme not in SCHEMES:
-        raise CxrltError(f"folds.scheme must be one of {', '.join(SCHEMES)}, not '{scheme}'")
-    return scheme == "given"
+    return cfg.folds.scheme == "given"
 
 
 def fold_ids(cfg) -> list[int]:
@@ -36,21 +77,19 @@ def experiment_path(name: str) -> Path:
 
 
 def fold_dir(cfg, fold) -> Path:
-    return experiment_dir(cfg) / (FULL if fold == FULL else f"fold{fold}")
+    return layout(cfg).fold(fold)
 
 
 def last_checkpoint(cfg, fold: int) -> Path:
-    """Everything a resume needs, rewritten every epoch."""
-    return fold_dir(cfg, fold) / "last.pt"
+    return layout(cfg).last(fold)
 
 
 def best_checkpoint(cfg, fold: int) -> Path:
-    """The weights of the best validation epoch: what prediction uses."""
-    return fold_dir(cfg, fold) / "best.pt"
+    return layout(cfg).best(fold)
 
 
 def done_marker(cfg, fold: int) -> Path:
-    return fold_dir(cfg, fold) / "done.json"
+    return layout(cfg).done(fold)
 
 
 # what a checkpoint written before a field existed implicitly had

@@ -52,7 +52,7 @@ TTA_VIEW = re.compile(r"^(scale|rotate)_([-+]?\d+(?:\.\d+)?)$")
 # ---------------------------------------------------------------- field types
 def _fail(text: str, style: str = "value"):
     """A validation failure carrying our message; `style` value -> `key=value: text`,
-    choice -> `key text` (see config.format_error)."""
+    choice -> `key text`, key -> `key: text` (see config.format_error)."""
     return PydanticCustomError("cxrlt", "{text}", {"text": text, "style": style})
 
 
@@ -138,8 +138,8 @@ def _tta(v):
     for it in items:
         m = TTA_VIEW.match(it) if isinstance(it, str) else None
         if not (it in ("none", "hflip") or (m and (m[1] == "rotate" or float(m[2]) > 0))):
-            raise _fail(f"unknown view '{it}'; views are none, hflip, scale_<factor> (e.g. scale_0.9, scale_1.1) "
-                        f"and rotate_<degrees> (e.g. rotate_5, rotate_-5)")
+            raise _fail(f"unknown view '{it}' in {v!r}; views are none, hflip, scale_<factor> (e.g. scale_0.9, "
+                        f"scale_1.1) and rotate_<degrees> (e.g. rotate_5, rotate_-5)", "key")
     return v
 
 

@@ -92,10 +92,10 @@ def folds_path(cfg, spec: DatasetSpec):
 
 def build_folds(cfg, force: bool = False) -> dict:
     """Stage 02 under the folds file's lock: a second run on the same folds stops at once."""
-    from cxrlt.data.datasets import resolve_dataset
+    from cxrlt.data.experiment import Experiment
     from cxrlt.locks import exclusive
 
-    path = folds_path(cfg, resolve_dataset(cfg.data))
+    path = folds_path(cfg, Experiment.of(cfg).spec)
     with exclusive(path.with_name(f".{path.name}.lock"), f"folds file {path.name}"):
         return _build_folds(cfg, force)
 
@@ -103,10 +103,11 @@ def build_folds(cfg, force: bool = False) -> dict:
 def _build_folds(cfg, force: bool = False) -> dict:
     """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
     from cxrlt.config import rerun_hint, save_resolved
-    from cxrlt.data.datasets import read_split, resolve_dataset
+    from cxrlt.data.datasets import read_split
+    from cxrlt.data.experiment import Experiment
     from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
 
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     df = read_split(spec, "train", labels="required")
     path = folds_path(cfg, spec)
     remove_stale_tmp(path.parent)

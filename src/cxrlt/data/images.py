@@ -246,10 +246,10 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
 
 def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
     """Stage 01 under the cache folder's lock: a second run on the same cache stops at once."""
-    from cxrlt.data.datasets import resolve_dataset
+    from cxrlt.data.experiment import Experiment
     from cxrlt.locks import exclusive
 
-    folder = Cache.from_config(cfg, resolve_dataset(cfg.data).name).folder
+    folder = Cache.from_config(cfg, Experiment.of(cfg).spec.name).folder
     with exclusive(folder.parent / f".{folder.name}.lock", f"image cache {folder.name}"):
         return _prepare_dataset_cache(cfg, force, progress)
 
@@ -267,11 +267,12 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
     import pandas as pd
 
     from cxrlt.config import save_resolved
-    from cxrlt.data.datasets import SPLITS, missing_images, read_split, resolve_dataset
+    from cxrlt.data.datasets import SPLITS, missing_images, read_split
+    from cxrlt.data.experiment import Experiment
     from cxrlt.errors import CxrltError
     from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
 
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     cache = Cache.from_config(cfg, spec.name)
     remove_stale_tmp(cache.folder)
     frames, notes = {}, []

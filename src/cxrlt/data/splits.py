@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.config import rerun_hint
-from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.data.datasets import label_matrix, read_split
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.folds import folds_path, read_folds
 from cxrlt.data.images import Cache
 from cxrlt.errors import CxrltError
@@ -34,7 +35,7 @@ def training_data(cfg):
     """(spec, training table, cached file per row, label matrix, fold per row), all checked; only
     the rows of `data.views` when it is set. folds.scheme=given: the training CSV's rows (fold -1,
     never held out) followed by the validation CSV's (fold 0, the held-out part)."""
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     if given_split(cfg):
         df, fold_of = given_table(cfg, spec, labels="required")
         cache = Cache.from_config(cfg, spec.name)
@@ -72,14 +73,14 @@ def given_table(cfg, spec, labels: str = "required") -> tuple[pd.DataFrame, np.n
 def oof_table(cfg, spec=None):
     """The labelled rows an experiment's oof.csv covers, in its order: the training CSV (the
     recipe's views) with K folds, the validation CSV with folds.scheme=given."""
-    spec = spec or resolve_dataset(cfg.data)
+    spec = spec or Experiment.of(cfg).spec
     return view_rows(cfg, spec, read_split(spec, "val" if given_split(cfg) else "train", labels="required"))
 
 
 def training_counts(cfg, spec=None) -> tuple[np.ndarray, int]:
     """Positives per class and images of the training CSV (the recipe's views): what head / medium /
     tail groups are made from, whatever the scheme."""
-    spec = spec or resolve_dataset(cfg.data)
+    spec = spec or Experiment.of(cfg).spec
     train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))
     return label_matrix(spec, train).sum(0), len(train)
 
@@ -100,13 +101,13 @@ def full_assignment(ids) -> str:
 
 def current_full_assignment(cfg, spec=None) -> str:
     """The full-data fit's assignment for the training CSV as it is now (the recipe's views only)."""
-    spec = spec or resolve_dataset(cfg.data)
+    spec = spec or Experiment.of(cfg).spec
     return full_assignment(view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col])
 
 
 def current_assignment(cfg, spec=None) -> str:
     """The assignment hash of the folds file as it is now (no image-cache check: cheap)."""
-    spec = spec or resolve_dataset(cfg.data)
+    spec = spec or Experiment.of(cfg).spec
     if given_split(cfg):
         df, fold_of = given_table(cfg, spec, labels="none")
         return assignment_hash(df[spec.id_col], fold_of)
@@ -122,7 +123,7 @@ def current_assignment(cfg, spec=None) -> str:
 def given_summary(cfg) -> dict:
     """folds.scheme=given (stage 02 makes no folds file): images per class in the training and
     validation CSVs, and the patients they share (the benchmark's splits share none)."""
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     df, fold_of = given_table(cfg, spec, labels="required")
     y = label_matrix(spec, df)
     table = pd.DataFrame({"train": y[fold_of < 0].sum(0).astype(int), "val": y[fold_of == 0].sum(0).astype(int)},

@@ -16,7 +16,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.datasets import check_task, label_matrix, read_split, resolve_dataset
+from cxrlt.data.datasets import check_task, label_matrix, read_split
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
@@ -119,7 +120,7 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
         raise CxrltError("blend.members: list at least one experiment to blend")
     if bc.mode not in ("mean", "rank", "fit", "route"):
         raise CxrltError(f"blend.mode must be mean, rank, fit or route, not '{bc.mode}'")
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     if spec.multiclass and bc.mode == "rank":
         raise CxrltError("blend.mode=rank ranks each class apart, which breaks the argmax of data.task=multiclass; "

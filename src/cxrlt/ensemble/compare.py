@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.config import Config, load_config
-from cxrlt.data.datasets import label_matrix, read_split, resolve_dataset
+from cxrlt.data.datasets import label_matrix, read_split
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.ensemble.thresholds import honest_f1
 from cxrlt.errors import CxrltError
@@ -73,7 +74,7 @@ def train_minutes(exp: Path) -> float:
 def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame, dict]:
     """One experiment's figures; its OOF id and fold columns (for the same-folds check); and the
     per-fold mAPs and, with n_boot, per-class AP on each patient resample (for the differences)."""
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     exp = experiment_dir(cfg)
     stage = "05_blend" if cfg.get("blend", {}).get("members") else "04_predict"
     for f in ("metrics.json", "oof.csv"):
@@ -133,7 +134,7 @@ def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | Non
     baseline = baseline or names[0]
     if baseline not in names:
         raise CxrltError(f"baseline '{baseline}' is not one of the compared recipes ({', '.join(names)})")
-    if resolve_dataset(cfgs[0].data).multiclass:      # the single-label benchmark's layout
+    if Experiment.of(cfgs[0]).spec.multiclass:      # the single-label benchmark's layout
         return benchmark_table(cfgs, out, baseline)
     cc = cfgs[0].get("compare") or {}
     n_boot = check_count("compare.bootstrap", cc.get("bootstrap", 1000))
@@ -263,7 +264,7 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
 
     cc = cfgs[0].get("compare") or {}
     n_boot, seed = check_count("compare.bootstrap", cc.get("bootstrap", 1000)), check_count("compare.seed", cc.get("seed", 0))
-    spec = resolve_dataset(cfgs[0].data)
+    spec = Experiment.of(cfgs[0]).spec
     names = list(spec.labels)
     pos, _ = training_counts(cfgs[0], spec)
     groups = np.array(count_groups(pos, *spec.group_counts))

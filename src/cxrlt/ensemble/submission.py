@@ -23,7 +23,8 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from cxrlt.config import Config, rerun_hint
-from cxrlt.data.datasets import read_split, resolve_dataset
+from cxrlt.data.datasets import read_split
+from cxrlt.data.experiment import Experiment
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, write_atomic, write_csv
@@ -133,7 +134,7 @@ def _parse_csv(src, head: bytes, where: str, id_col: str) -> pd.DataFrame:
 
 def check_file(cfg: Config, path: str | Path) -> int:
     """What `07_make_submission.py --check FILE` runs: read FILE and validate it; returns its row count."""
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     df = read_upload(path, spec)
     validate(df, spec, expected_ids(spec), source=str(path))
     return len(df)
@@ -147,7 +148,7 @@ def make_submission(cfg: Config, binary: bool = False, name: str | None = None) 
 
 
 def _make_submission(cfg: Config, binary: bool = False, name: str | None = None) -> dict:
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     exp = experiment_dir(cfg)
     src = exp / "test.csv"
     if not src.is_file():

@@ -17,7 +17,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve
 
 from cxrlt.config import Config, rerun_hint
-from cxrlt.data.datasets import label_matrix, resolve_dataset
+from cxrlt.data.datasets import label_matrix
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import oof_table
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
@@ -148,7 +149,7 @@ def tune_thresholds(cfg: Config, force: bool = False) -> dict:
 
 
 def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     names, id_col = list(spec.labels), spec.id_col
     if "temperature" in cfg.thresholds:
         raise CxrltError("thresholds.temperature was replaced by thresholds.calibration: none | temperature | isotonic")

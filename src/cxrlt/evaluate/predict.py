@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from cxrlt.config import Config, rerun_hint, save_resolved
-from cxrlt.data.datasets import check_task, read_split, resolve_dataset
+from cxrlt.data.datasets import check_task, read_split
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
 from cxrlt.data.splits import current_assignment, current_full_assignment, training_data
@@ -142,7 +143,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
 
     out = experiment_dir(cfg)
     remove_stale_tmp(out)   # left by a run killed mid-write
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     views, gate = _check_settings(cfg.predict, spec)
     check_method(cfg.predict.oof_normalise)

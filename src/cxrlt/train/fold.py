@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.datasets import check_task, resolve_dataset
+from cxrlt.data.datasets import check_task
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.loader import CxrDataset, class_balanced_weights, make_loader, repeat_factors
 from cxrlt.data.splits import assignment_hash, current_assignment, current_full_assignment, full_assignment, training_data
 from cxrlt.errors import CxrltError
@@ -108,7 +109,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
     accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum), tracking.log_with(cfg, fold), out)
     main = accelerator.is_main_process
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
         done = json.loads(done_file.read_text())

@@ -29,8 +29,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlt.config import Config, save_resolved
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.data.datasets import check_task, resolve_dataset
+from cxrlt.data.datasets import check_task
 from cxrlt.data.splits import current_assignment, training_data
 from cxrlt.data.studies import pick_views, study_groups, study_labels, view_kinds, view_vocabulary
 from cxrlt.errors import CxrltError
@@ -208,7 +209,7 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
         raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}")
     t_start = time.time()
     out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
-    spec = resolve_dataset(cfg.data)
+    spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     folds_hash = current_assignment(cfg, spec)
     ck_path, ck = first_stage_checkpoint(cfg, fold, spec, folds_hash)   # before any image is touched
