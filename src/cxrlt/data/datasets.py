@@ -24,7 +24,7 @@ from cxrlt.data.labels import (
     LABELS_NIH_CXR_LT,
 )
 from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, project_path
+from cxrlt.fileio import display_path, project_path, read_table
 
 SPLITS = ("train", "val", "dev", "test")
 TASKS = ("multilabel", "multiclass")
@@ -225,7 +225,7 @@ def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFr
     if not path.is_file():
         raise CxrltError(f"{shown}: file not found (the {split} CSV of dataset '{spec.name}'; see input/README.md)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_table(path, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises several types for broken files
         raise CxrltError(f"{shown}: cannot be read as CSV ({str(e).splitlines()[0]})") from None
     need = [spec.id_col, spec.path_col, spec.patient_col] if split != "test" else [spec.id_col, spec.path_col]
