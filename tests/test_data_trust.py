@@ -119,3 +119,33 @@ def test_check_quotes_at_most_200_characters_of_an_id(tmp_path):
     pd.DataFrame({"dicom_id": [*ids, long_id], "A": 0.5, "B": 0.5}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(CxrltError, match=r"1 ids are not in the test set, e.g. 'y{200}\.\.\. \(100000 characters\)'$"):
         check_file(cfg, tmp_path / "s.csv")
+
+
+# 8b. model.init_from naming a file that is not a checkpoint -----------------------------------------
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "zip", "empty", "list"])
+def test_init_from_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, kind):
+    import torch
+    from conftest import DEMO
+
+    from cxrlt.models.checkpoint import save
+    from cxrlt.models.factory import create_model
+    from cxrlt.models.transfer import init_from
+
+    bad = tmp_path / f"{kind}.pt"
+    save({"model": {"w": torch.zeros(64, 64)}}, tmp_path / "good.pt")
+    if kind == "text":
+        bad.write_text("these are not weights\n")
+    elif kind == "truncated":
+        bad.write_bytes((tmp_path / "good.pt").read_bytes()[:2000])
+    elif kind == "zip":
+        with zipfile.ZipFile(bad, "w") as z:
+            z.writestr("notes.txt", "hello")
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    else:
+        torch.save([1, 2, 3], bad)
+    m = load_config(DEMO, []).model
+    with pytest.raises(CxrltError, match=rf"^model.init_from .*{kind}.pt: (not a readable PyTorch checkpoint|holds a list)") as e:
+        init_from(create_model(m, 2), str(bad), m, LABELS, 32)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
