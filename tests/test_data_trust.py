@@ -149,3 +149,125 @@ def test_init_from_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, kind):
     with pytest.raises(CxrltError, match=rf"^model.init_from .*{kind}.pt: (not a readable PyTorch checkpoint|holds a list)") as e:
         init_from(create_model(m, 2), str(bad), m, LABELS, 32)
     assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+# 3. truncated films are unreadable, whatever PIL's LOAD_TRUNCATED_IMAGES says ------------------------
+
+def demo_copy(tiny_root, tmp_path, *more):
+    """A copy of the tiny demo (its images are JPEGs) and a recipe caching it at 32 px in tmp_path."""
+    import shutil
+
+    root = tmp_path / "input"
+    shutil.copytree(tiny_root / "demo", root / "demo")
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", [
+        f"data.input_dir={root}", f"cache.dir={tmp_path / 'c'}", "cache.size=32", "cache.workers=1", *more])
+    return root / "demo", cfg
+
+
+def film(h=300, w=400):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((np.sin(xx / 30) + np.cos(yy / 20)) * 60 + 128).astype(np.uint8)
+
+
+@pytest.mark.parametrize("load_truncated", [False, True])
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_truncated_films_are_unreadable(tmp_path, monkeypatch, fmt, load_truncated):
+    from PIL import Image, ImageFile
+
+    from cxrlt.data.images import decode_gray
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)   # some library may set it
+    Image.fromarray(film()).save(tmp_path / f"whole.{fmt}")
+    data = (tmp_path / f"whole.{fmt}").read_bytes()
+    assert decode_gray(tmp_path / f"whole.{fmt}").shape == (300, 400)
+    # cut at 30%, 90%, and just before the end (a PNG's IEND chunk, a JPEG's end-of-image marker)
+    for n in (int(len(data) * 0.3), int(len(data) * 0.9), len(data) - 2):
+        (tmp_path / f"cut.{fmt}").write_bytes(data[:n])
+        with pytest.raises(Exception, match="truncated"):
+            decode_gray(tmp_path / f"cut.{fmt}", size_hint=64)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_stage_01_fails_listing_a_truncated_film(tiny_root, tmp_path, monkeypatch, fmt):
+    from PIL import Image, ImageFile
+
+    from cxrlt.data.images import Cache, prepare_dataset_cache
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    demo, cfg = demo_copy(tiny_root, tmp_path)
+    train = pd.read_csv(demo / "train.csv", dtype=str)
+    Image.fromarray(film()).save(tmp_path / f"whole.{fmt}")
+    data = (tmp_path / f"whole.{fmt}").read_bytes()
+    (demo / train.path[0]).write_bytes(data[:len(data) // 3])    # a PNG or JPEG under the .jpg name: PIL reads either
+    with pytest.raises(CxrltError, match=r"^1 of 320 images could not be cached"):
+        prepare_dataset_cache(cfg, progress=False)
+    cache = Cache.from_config(cfg, "demo")
+    failed = pd.read_csv(cache.folder / "failed.csv", dtype=str)
+    assert failed.id.tolist() == [train.dicom_id[0]] and "truncated" in failed.reason[0]
+    assert not cache.path(train.dicom_id[0]).exists()
+
+
+# 4. the cache is keyed on the source it decoded ---------------------------------------------------
+
+def test_a_changed_path_or_replaced_source_is_decoded_again(tiny_root, tmp_path):
+    import os
+
+    from cxrlt.data.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
+
+    demo, cfg = demo_copy(tiny_root, tmp_path)
+    cache = Cache.from_config(cfg, "demo")
+    assert prepare_dataset_cache(cfg, progress=False)["written"] == 320
+    train = pd.read_csv(demo / "train.csv", dtype=str, keep_default_na=False)
+    a, b, c = train.dicom_id[:3]
+    untouched = cache.path(train.dicom_id[10]).stat().st_mtime_ns
+    # a's row now names another film (c's); b's film is replaced in place by another one
+    other = demo / "other.jpg"
+    other.write_bytes((demo / train.path[2]).read_bytes())
+    train.loc[0, "path"] = "other.jpg"
+    train.to_csv(demo / "train.csv", index=False)
+    src_b = demo / train.path[1]
+    st = src_b.stat()
+    src_b.write_bytes((demo / train.path[5]).read_bytes())
+    os.utime(src_b, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r = prepare_dataset_cache(cfg, progress=False)
+    assert (r["written"], r["skipped"]) == (2, 318)
+    for i, src in ((a, other), (b, src_b)):
+        assert np.array_equal(read_cached(cache.path(i)), resize_square(decode_gray(src, 32), 32, "stretch"))
+    assert cache.path(train.dicom_id[10]).stat().st_mtime_ns == untouched
+    assert prepare_dataset_cache(cfg, progress=False)["written"] == 0          # and then it is up to date
+
+
+# 14. image paths stay under data.image_root -----------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+def test_image_paths_outside_the_root_are_refused(tiny_root, tmp_path, monkeypatch, how):
+    from cxrlt.data.images import Cache, prepare_dataset_cache
+
+    monkeypatch.delenv("CXRLT_ALLOW_OUTSIDE_ROOT", raising=False)
+    demo, cfg = demo_copy(tiny_root, tmp_path)
+    train = pd.read_csv(demo / "train.csv", dtype=str, keep_default_na=False)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes((demo / train.path[0]).read_bytes())
+    bad = "../../secret.jpg" if how == "dotdot" else str(secret)
+    train.loc[4, "path"] = bad
+    train.to_csv(demo / "train.csv", index=False)
+    with pytest.raises(CxrltError, match=r"train.csv: row 6, column 'path': image path '" + re.escape(bad)
+                       + r"' leads outside data.image_root .*CXRLT_ALLOW_OUTSIDE_ROOT=1") as e:
+        prepare_dataset_cache(cfg, progress=False)
+    assert "\n" not in str(e.value)
+    cache = Cache.from_config(cfg, "demo")
+    assert not cache.path(train.dicom_id[4]).exists()                  # nothing was opened
+    monkeypatch.setenv("CXRLT_ALLOW_OUTSIDE_ROOT", "1")                 # allowed explicitly: cached
+    assert prepare_dataset_cache(cfg, progress=False)["written"] == 320
+    assert cache.path(train.dicom_id[4]).is_file()
+
+
+def test_stage_01_script_names_the_row_of_a_path_outside_the_root(tiny_root, tmp_path):
+    demo, cfg = demo_copy(tiny_root, tmp_path)
+    train = pd.read_csv(demo / "train.csv", dtype=str, keep_default_na=False)
+    train.loc[0, "path"] = "../../../../../../../../etc/passwd"
+    train.to_csv(demo / "train.csv", index=False)
+    r = run_script("src/01_prepare_images.py", "--config", "experiments/demo.yaml", f"data.input_dir={demo.parent}",
+                   f"cache.dir={tmp_path / 'c'}", "cache.size=32", "cache.workers=1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "row 2, column 'path': image path '../../../../../../../../etc/passwd' leads outside" in r.stderr

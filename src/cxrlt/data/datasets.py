@@ -6,6 +6,7 @@ names the file, row and column at fault.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from cxrlt.data.labels import (
     LABELS_MIMIC_CXR_LT,
     LABELS_NIH_CXR_LT,
 )
-from cxrlt.errors import CxrltError
+from cxrlt.errors import CxrltError, clip
 from cxrlt.fileio import display_path, project_path, read_table
 
 SPLITS = ("train", "val", "dev", "test")
@@ -280,13 +281,42 @@ def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) ->
     return df
 
 
-def image_paths(spec: DatasetSpec, df: pd.DataFrame) -> list[Path]:
+OUTSIDE_ROOT_ENV = "CXRLT_ALLOW_OUTSIDE_ROOT"
+
+
+def outside_root_allowed() -> bool:
+    """CXRLT_ALLOW_OUTSIDE_ROOT=1 lets a CSV's image paths lead outside data.image_root (for now: it
+    is to become the recipe key data.allow_outside_root)."""
+    return os.environ.get(OUTSIDE_ROOT_ENV, "").strip() == "1"
+
+
+def check_inside_root(spec: DatasetSpec, df: pd.DataFrame, split: str, allow_outside_root: bool = False) -> None:
+    """A one-line error naming the CSV row and path of the first image path that leads outside
+    data.image_root (`..` steps, an absolute path), unless allow_outside_root. The check is on the
+    path as written (normalised, symlinks not followed): a link the user placed under the root is theirs."""
+    if allow_outside_root:
+        return
+    root = os.path.normpath(os.path.abspath(spec.image_root))
+    inside = root.rstrip(os.sep) + os.sep
+    for i, rel in enumerate(df[spec.path_col]):
+        full = os.path.normpath(os.path.join(root, str(rel)))
+        if full != root and not full.startswith(inside):
+            shown = display_path(spec.csv(split)) if spec.csv(split) else f"the {split} CSV"
+            raise CxrltError(f"{shown}: row {_row(i)}, column '{spec.path_col}': image path '{clip(rel)}' leads outside "
+                             f"data.image_root ({display_path(spec.image_root)}); fix the CSV, or set "
+                             f"{OUTSIDE_ROOT_ENV}=1 to allow paths outside the image root")
+
+
+def image_paths(spec: DatasetSpec, df: pd.DataFrame, split: str = "train",
+                allow_outside_root: bool = False) -> list[Path]:
+    """The image files of `df`'s rows; a path leading outside data.image_root is refused (check_inside_root)."""
+    check_inside_root(spec, df, split, allow_outside_root)
     return [spec.image_root / p for p in df[spec.path_col]]
 
 
-def missing_images(spec: DatasetSpec, df: pd.DataFrame, split: str) -> str | None:
+def missing_images(spec: DatasetSpec, df: pd.DataFrame, split: str, allow_outside_root: bool = False) -> str | None:
     """One line naming how many referenced images are missing and the first few, or None."""
-    paths = image_paths(spec, df)
+    paths = image_paths(spec, df, split, allow_outside_root)
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if not missing:
         return None
