@@ -265,9 +265,11 @@ def test_image_paths_outside_the_root_are_refused(tiny_root, tmp_path, monkeypat
 def test_stage_01_script_names_the_row_of_a_path_outside_the_root(tiny_root, tmp_path):
     demo, cfg = demo_copy(tiny_root, tmp_path)
     train = pd.read_csv(demo / "train.csv", dtype=str, keep_default_na=False)
-    train.loc[0, "path"] = "../../../../../../../../etc/passwd"
+    (tmp_path / "secret.jpg").write_bytes((demo / train.path[0]).read_bytes())
+    train.loc[0, "path"] = "../../secret.jpg"
     train.to_csv(demo / "train.csv", index=False)
     r = run_script("src/01_prepare_images.py", "--config", "experiments/demo.yaml", f"data.input_dir={demo.parent}",
                    f"cache.dir={tmp_path / 'c'}", "cache.size=32", "cache.workers=1")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "row 2, column 'path': image path '../../../../../../../../etc/passwd' leads outside" in r.stderr
+    assert "row 2, column 'path': image path '../../secret.jpg' leads outside" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

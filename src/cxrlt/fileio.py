@@ -150,8 +150,13 @@ def first_line(src, limit: int = HEADER_LIMIT, where: str | None = None) -> byte
         pos = src.tell()
         line = src.readline(limit + 1)
         src.seek(pos)
-    else:
-        with open(src, "rb") as f:
+    else:   # a compressed CSV (pandas reads x.csv.gz etc. as it is) is read through its decompressor
+        import bz2
+        import gzip
+        import lzma
+
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(src).suffix.lower(), open)
+        with opener(src, "rb") as f:
             line = f.readline(limit + 1)
     if len(line) > limit:
         where = where or (display_path(src) if isinstance(src, (str, os.PathLike)) else "CSV")
