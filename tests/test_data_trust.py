@@ -237,6 +237,29 @@ def test_a_changed_path_or_replaced_source_is_decoded_again(tiny_root, tmp_path)
     assert prepare_dataset_cache(cfg, progress=False)["written"] == 0          # and then it is up to date
 
 
+def test_a_killed_stage_01_resumes_from_its_manifest(tiny_root, tmp_path, monkeypatch):
+    from cxrlt.data import images
+
+    demo, cfg = demo_copy(tiny_root, tmp_path)
+    real, calls = images._cache_one, []
+
+    def dies_after_50(job):
+        if len(calls) == 50:
+            raise KeyboardInterrupt
+        calls.append(job[0])
+        return real(job)
+
+    monkeypatch.setattr(images, "MANIFEST_EVERY_S", 0.0)
+    monkeypatch.setattr(images, "_cache_one", dies_after_50)
+    with pytest.raises(KeyboardInterrupt):
+        images.prepare_dataset_cache(cfg, progress=False)
+    monkeypatch.setattr(images, "_cache_one", real)
+    cache = images.Cache.from_config(cfg, "demo")
+    assert sorted(cache.read_manifest()) == sorted(calls)
+    r = images.prepare_dataset_cache(cfg, progress=False)
+    assert (r["written"], r["skipped"]) == (270, 50)
+
+
 # 14. image paths stay under data.image_root -----------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute"])

@@ -197,7 +197,8 @@ def safe_name(image_id: str) -> str:
 
 
 MANIFEST = "sources.csv"
-MANIFEST_EVERY_S = 60.0   # a long stage 01 rewrites the manifest this often: a killed run redoes at most this much
+MANIFEST_EVERY_S = 60.0   # a long stage 01 rewrites the manifest this often (or 20x the rewrite's own time, if
+                          # longer): a killed run decodes again at most what was cached since
 
 
 def source_stamp(src: str) -> tuple[str, str] | None:
@@ -286,7 +287,7 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
     keeps its cached image; stage 01 warns that it is missing). Images cached before the manifest
     existed are decoded again once (those whose source is gone are kept). failures: list of (id,
     path, reason); a failed image's old cached file is removed, so nothing trains on stale pixels.
-    Each file is written atomically and the manifest rewritten every MANIFEST_EVERY_S s, so a
+    Each file is written atomically and the manifest rewritten every MANIFEST_EVERY_S s or so, so a
     killed run resumes about where it stopped.
     """
     from cxrlt.progress import progress_bar
@@ -313,7 +314,7 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) >= 64 else None
         results = pool.imap_unordered(_cache_one, jobs, chunksize=8) if pool else map(_cache_one, jobs)
-        saved, changed = time.monotonic(), bool(jobs)
+        saved, cost, changed = time.monotonic(), 0.0, bool(jobs)
         try:
             for r in results:
                 if r[2]:
@@ -322,9 +323,10 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
                 elif stamps[r[0]] is not None:   # the stamp taken before decoding: a file replaced meanwhile is redone
                     manifest[r[0]] = (r[1], *stamps[r[0]])
                 bar.update()
-                if time.monotonic() - saved > MANIFEST_EVERY_S:
+                if time.monotonic() - saved > max(MANIFEST_EVERY_S, 20 * cost):   # at most ~5% of the time
+                    t = time.monotonic()
                     cache.write_manifest(manifest)
-                    saved = time.monotonic()
+                    saved, cost = time.monotonic(), time.monotonic() - t
         finally:
             if pool:
                 pool.close()
