@@ -6,3 +6,12 @@ class CxrltError(Exception):
 
     The message is a single line naming the file, row or column at fault.
     """
+
+
+QUOTE_LIMIT = 200  # characters: the most of a user's text (an id, a header, a path) an error message quotes
+
+
+def clip(text, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as an error message quotes it: at most `limit` characters, the cut said."""
+    s = str(text)
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"

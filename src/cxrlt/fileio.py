@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import yaml
 
-from cxrlt.errors import CxrltError
+from cxrlt.errors import CxrltError, clip
 
 # Repository root: src/cxrlt/fileio.py -> parents[2].
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -139,14 +139,60 @@ _NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.
        "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
-def read_table(path: str | os.PathLike, id_col: str, **kwargs):
-    """A CSV with `id_col` read as plain strings: an id `NA`, `null`, `None` or `nan` stays an id
-    (pandas would read it as missing); other columns keep pandas' usual missing-value markers."""
+HEADER_LIMIT = 1 << 20  # bytes: a first line longer than this is not the header of a table this project reads
+
+
+def first_line(src, limit: int = HEADER_LIMIT, where: str | None = None) -> bytes:
+    """The first line of `src` (a path, or a binary buffer left where it was), reading at most
+    `limit` bytes: a longer first line (a file of one huge line) is a one-line error naming
+    `where`, not a read of the whole line."""
+    if hasattr(src, "readline"):
+        pos = src.tell()
+        line = src.readline(limit + 1)
+        src.seek(pos)
+    else:   # a compressed CSV (pandas reads x.csv.gz etc. as it is) is read through its decompressor
+        import bz2
+        import gzip
+        import lzma
+
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(src).suffix.lower(), open)
+        with opener(src, "rb") as f:
+            line = f.readline(limit + 1)
+    if len(line) > limit:
+        where = where or (display_path(src) if isinstance(src, (str, os.PathLike)) else "CSV")
+        raise CxrltError(f"{where}: the first line is longer than {limit} bytes, not a CSV header "
+                         f"(it starts '{clip(line[:40].decode('utf-8', 'replace'), 40)}')")
+    return line
+
+
+def read_header(src, limit: int = HEADER_LIMIT, where: str | None = None) -> list[str]:
+    """Column names of CSV `src` from its first line (first_line: at most `limit` bytes); [] for
+    an empty file."""
+    import io
+
     import pandas as pd
 
-    columns = pd.read_csv(path, nrows=0).columns
-    na = {c: _NA for c in columns if c != id_col}
-    return pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=na, **kwargs)
+    line = first_line(src, limit, where)
+    return pd.read_csv(io.BytesIO(line), nrows=0).columns.tolist() if line.strip() else []
+
+
+def read_table(src, id_col: str | None = None, **kwargs):
+    """The project's one CSV reader (pandas.read_csv of a path or buffer; src/ reads no CSV otherwise).
+
+    The id column `id_col` is read as plain strings: an id `NA`, `null`, `None`, `nan` or `N/A` stays
+    an id (pandas would read it as missing); other columns keep pandas' usual missing-value markers,
+    unless kwargs choose (`dtype=str, keep_default_na=False`: every cell as written). The header is
+    read first with a byte limit (read_header)."""
+    import pandas as pd
+
+    columns = read_header(src)
+    if id_col is not None:
+        if kwargs.get("keep_default_na", True) and "na_values" not in kwargs:
+            kwargs.update(keep_default_na=False, na_values={c: _NA for c in columns if c != id_col})
+        dtype = kwargs.get("dtype")
+        if dtype is None or isinstance(dtype, dict):
+            kwargs["dtype"] = {**(dtype or {}), id_col: str}
+    return pd.read_csv(src, **kwargs)
 
 
 def to_json(obj, **kwargs) -> str:

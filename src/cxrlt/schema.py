@@ -186,6 +186,7 @@ class Data(Section):
     views: Union[Texts, None] = D(None, "train on these views only, e.g. [PA, AP] (a per-view specialist; same folds); null = all", kind="list of texts or null")
     holdout_labels: Texts = D([], "labels left out of training (columns kept): stage 04 scores them zero-shot beside chance", kind="list of texts")
     zero_shot_labels: Union[Texts, None] = D(None, "labels with no training column, scored zero-shot (a preset's: cxr-lt-2024-task3, cxr-lt-2026-task2)", kind="list of texts or null")
+    allow_outside_root: Bool = D(False, "let image paths in the CSVs lead outside data.image_root (`..` steps, absolute paths); false: such a path stops stage 01 naming its row")
     submission_labels: Union[Texts, None] = D(None, "the submission's label columns, in order; null = data.labels (zero-shot presets: their findings)", kind="list of texts or null")
 
 

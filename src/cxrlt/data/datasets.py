@@ -6,6 +6,7 @@ names the file, row and column at fault.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from cxrlt.data.labels import (
     LABELS_MIMIC_CXR_LT,
     LABELS_NIH_CXR_LT,
 )
-from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, project_path
+from cxrlt.errors import CxrltError, clip
+from cxrlt.fileio import display_path, project_path, read_table
 
 SPLITS = ("train", "val", "dev", "test")
 TASKS = ("multilabel", "multiclass")
@@ -225,7 +226,7 @@ def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFr
     if not path.is_file():
         raise CxrltError(f"{shown}: file not found (the {split} CSV of dataset '{spec.name}'; see input/README.md)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_table(path, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises several types for broken files
         raise CxrltError(f"{shown}: cannot be read as CSV ({str(e).splitlines()[0]})") from None
     need = [spec.id_col, spec.path_col, spec.patient_col] if split != "test" else [spec.id_col, spec.path_col]
@@ -280,13 +281,33 @@ def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) ->
     return df
 
 
-def image_paths(spec: DatasetSpec, df: pd.DataFrame) -> list[Path]:
+def check_inside_root(spec: DatasetSpec, df: pd.DataFrame, split: str, allow_outside_root: bool = False) -> None:
+    """A one-line error naming the CSV row and path of the first image path that leads outside
+    data.image_root (`..` steps, an absolute path), unless allow_outside_root. The check is on the
+    path as written (normalised, symlinks not followed): a link the user placed under the root is theirs."""
+    if allow_outside_root:
+        return
+    root = os.path.normpath(os.path.abspath(spec.image_root))
+    inside = root.rstrip(os.sep) + os.sep
+    for i, rel in enumerate(df[spec.path_col]):
+        full = os.path.normpath(os.path.join(root, str(rel)))
+        if full != root and not full.startswith(inside):
+            shown = display_path(spec.csv(split)) if spec.csv(split) else f"the {split} CSV"
+            raise CxrltError(f"{shown}: row {_row(i)}, column '{spec.path_col}': image path '{clip(rel)}' leads outside "
+                             f"data.image_root ({display_path(spec.image_root)}); fix the CSV, or set "
+                             f"data.allow_outside_root=true to allow paths outside the image root")
+
+
+def image_paths(spec: DatasetSpec, df: pd.DataFrame, split: str = "train",
+                allow_outside_root: bool = False) -> list[Path]:
+    """The image files of `df`'s rows; a path leading outside data.image_root is refused (check_inside_root)."""
+    check_inside_root(spec, df, split, allow_outside_root)
     return [spec.image_root / p for p in df[spec.path_col]]
 
 
-def missing_images(spec: DatasetSpec, df: pd.DataFrame, split: str) -> str | None:
+def missing_images(spec: DatasetSpec, df: pd.DataFrame, split: str, allow_outside_root: bool = False) -> str | None:
     """One line naming how many referenced images are missing and the first few, or None."""
-    paths = image_paths(spec, df)
+    paths = image_paths(spec, df, split, allow_outside_root)
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if not missing:
         return None

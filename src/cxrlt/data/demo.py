@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxrlt.data.labels import COUNTS_2023, LABELS_2023, N_TRAIN_2023
 from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, save_figure, write_bytes, write_csv, write_text
+from cxrlt.fileio import display_path, read_table, save_figure, write_bytes, write_csv, write_text
 
 META_COLS = ["dicom_id", "subject_id", "study_id", "ViewPosition", "ViewCodeSequence_CodeMeaning", "path"]
 VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral"}
@@ -504,14 +504,14 @@ def make_relabelled(demo_dir: Path, folds_csv: Path, out_dir: Path, fold: int = 
     for f in (demo_dir / "train.csv", folds_csv):
         if not f.is_file():
             raise CxrltError(f"{f}: not found; make the demo and its folds first (stages 00 and 02 of experiments/demo.yaml)")
-    train = pd.read_csv(demo_dir / "train.csv", dtype={"dicom_id": str})
-    folds = pd.read_csv(folds_csv, dtype={"dicom_id": str}).set_index("dicom_id").fold
+    train = read_table(demo_dir / "train.csv", "dicom_id")
+    folds = read_table(folds_csv, "dicom_id").set_index("dicom_id").fold
     keep = train[folds.loc[train.dicom_id].to_numpy() == fold]
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = META_COLS + list(RELABEL)
-    for name, df in (("train.csv", keep), ("development.csv", pd.read_csv(demo_dir / "development.csv", dtype={"dicom_id": str}))):
+    for name, df in (("train.csv", keep), ("development.csv", read_table(demo_dir / "development.csv", "dicom_id"))):
         write_csv(out_dir / name, df[cols].rename(columns=RELABEL))
-    write_csv(out_dir / "test.csv", pd.read_csv(demo_dir / "test.csv", dtype={"dicom_id": str})[META_COLS])
+    write_csv(out_dir / "test.csv", read_table(demo_dir / "test.csv", "dicom_id")[META_COLS])
     return dict(train=len(keep), labels=list(RELABEL.values()))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from cxrlt.fileio import project_path, write_bytes
+from cxrlt.fileio import project_path, read_table, write_bytes, write_csv
 
 RESIZE_MODES = ("stretch", "pad")
 FORMATS = {"png": ".png", "jpg": ".jpg"}
@@ -42,6 +43,9 @@ def decode_gray(path, size_hint: int | None = None, max_pixels: int = MAX_PIXELS
         if im.width * im.height > max_pixels:
             raise ValueError(f"{im.width}x{im.height} is {im.width * im.height / 1e6:.0f} MP, over "
                              f"cache.max_image_pixels={int(max_pixels)}; raise it to cache this film")
+        cut = truncated(path, im.format)
+        if cut:
+            raise ValueError(cut)
         if size_hint and im.format == "JPEG":
             im.draft("L", (size_hint, size_hint))
         if _orientation(im) not in (None, 1):  # exif_transpose copies the whole film even when upright
@@ -56,6 +60,36 @@ def decode_gray(path, size_hint: int | None = None, max_pixels: int = MAX_PIXELS
         if mode != "L":
             im = im.convert("L")
         return np.array(im, dtype=np.uint8)
+
+
+TAIL_BYTES = 1 << 20  # how much of a film's end `truncated` reads
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"   # the PNG end chunk, CRC included
+
+
+def truncated(src, fmt: str | None) -> str | None:
+    """Why a PNG or JPEG file (path or binary file object, left where it was) is cut short, or None.
+
+    Checked on the bytes, so that neither PIL's ImageFile.LOAD_TRUNCATED_IMAGES (set by any library
+    that wants it) nor a decoder that pads what is missing (black or grey rows) can pass a partial
+    film: a PNG ends with its IEND chunk (within the last TAIL_BYTES), a JPEG has its end-of-image
+    marker after its last start-of-scan (neither can occur inside entropy-coded data)."""
+    if fmt not in ("PNG", "JPEG"):
+        return None
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+            tail = f.read()
+    else:
+        pos = src.tell()
+        src.seek(0, os.SEEK_END)
+        src.seek(max(0, src.tell() - TAIL_BYTES))
+        tail = src.read()
+        src.seek(pos)
+    if fmt == "PNG" and _IEND not in tail:
+        return "truncated PNG: the file does not end with its IEND chunk"
+    if fmt == "JPEG" and tail.rfind(b"\xff\xd9") <= tail.rfind(b"\xff\xda"):
+        return "truncated JPEG: no end-of-image marker after the last scan"
+    return None
 
 
 def is_dicom(src) -> bool:
@@ -162,6 +196,20 @@ def safe_name(image_id: str) -> str:
     return _UNSAFE.sub("_", str(image_id))
 
 
+MANIFEST = "sources.csv"
+MANIFEST_EVERY_S = 60.0   # a long stage 01 rewrites the manifest this often (or 20x the rewrite's own time, if
+                          # longer): a killed run decodes again at most what was cached since
+
+
+def source_stamp(src: str) -> tuple[str, str] | None:
+    """(size, mtime_ns) of a source film as the manifest records them, None when it is missing."""
+    try:
+        st = os.stat(src)
+    except OSError:
+        return None
+    return str(st.st_size), str(st.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class Cache:
     folder: Path
@@ -183,6 +231,24 @@ class Cache:
 
     def path(self, image_id: str) -> Path:
         return self.folder / (safe_name(image_id) + FORMATS[self.format])
+
+    @property
+    def manifest(self) -> Path:
+        """sources.csv: id, path, size, mtime_ns of the source file each cached image was decoded from."""
+        return self.folder / MANIFEST
+
+    def read_manifest(self) -> dict[str, tuple[str, str, str]]:
+        """{id: (path, size, mtime_ns)} as strings; {} without a manifest (a cache from before it)."""
+        if not self.manifest.is_file():
+            return {}
+        m = read_table(self.manifest, "id", dtype=str, keep_default_na=False)
+        return {i: (p, z, t) for i, p, z, t in zip(m["id"], m["path"], m["size"], m["mtime_ns"])}
+
+    def write_manifest(self, entries: dict[str, tuple[str, str, str]]) -> None:
+        import pandas as pd
+
+        write_csv(self.manifest, pd.DataFrame([(i, *e) for i, e in entries.items()],
+                                              columns=["id", "path", "size", "mtime_ns"]))
 
     def require(self, ids, source, cfg) -> list[Path]:
         """The cached files of ids, or a one-line error naming how many (and one) are not cached."""
@@ -215,13 +281,30 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
                  max_pixels: int = MAX_PIXELS):
     """Cache (id, source path) items not cached yet. Returns (n_written, n_skipped, failures).
 
-    failures: list of (id, path, reason). Each file is written atomically, so a killed run
-    resumes where it stopped.
+    An image counts as cached when its file is there and the manifest (Cache.manifest) says it was
+    decoded from this path, with the source's size and mtime as they are now: an id whose path
+    changed in the CSV, or whose source file was replaced, is decoded again (a source deleted since
+    keeps its cached image; stage 01 warns that it is missing). Images cached before the manifest
+    existed are decoded again once (those whose source is gone are kept). failures: list of (id,
+    path, reason); a failed image's old cached file is removed, so nothing trains on stale pixels.
+    Each file is written atomically and the manifest rewritten every MANIFEST_EVERY_S s or so, so a
+    killed run resumes about where it stopped.
     """
     from cxrlt.progress import progress_bar
 
-    jobs = [(i, str(src), cache.path(i), cache.size, cache.resize, cache.format, max_pixels)
-            for i, src in items if not cache.path(i).is_file()]
+    manifest = cache.read_manifest()
+    jobs, stamps = [], {}
+    for i, src in items:
+        src, stamp = str(src), source_stamp(str(src))
+        had = manifest.get(i)
+        if cache.path(i).is_file():
+            if had is not None and had[0] == src and (stamp is None or tuple(had[1:]) == stamp):
+                continue
+            if had is None and stamp is None:    # cached before the manifest, its source deleted since: kept
+                continue
+        manifest.pop(i, None)      # whatever was cached for i no longer vouches for its pixels
+        stamps[i] = stamp
+        jobs.append((i, src, cache.path(i), cache.size, cache.resize, cache.format, max_pixels))
     skipped = len(items) - len(jobs)
     cache.folder.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -231,15 +314,25 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         pool = get_context("fork").Pool(workers) if workers > 1 and len(jobs) >= 64 else None
         results = pool.imap_unordered(_cache_one, jobs, chunksize=8) if pool else map(_cache_one, jobs)
+        saved, cost, changed = time.monotonic(), 0.0, bool(jobs)
         try:
             for r in results:
                 if r[2]:
                     failures.append(r)
+                    cache.path(r[0]).unlink(missing_ok=True)
+                elif stamps[r[0]] is not None:   # the stamp taken before decoding: a file replaced meanwhile is redone
+                    manifest[r[0]] = (r[1], *stamps[r[0]])
                 bar.update()
+                if time.monotonic() - saved > max(MANIFEST_EVERY_S, 20 * cost):   # at most ~5% of the time
+                    t = time.monotonic()
+                    cache.write_manifest(manifest)
+                    saved, cost = time.monotonic(), time.monotonic() - t
         finally:
             if pool:
                 pool.close()
                 pool.join()
+            if changed or not cache.manifest.is_file():
+                cache.write_manifest(manifest)
     bar.close()
     return len(jobs) - len(failures), skipped, failures
 
@@ -267,7 +360,7 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
     import pandas as pd
 
     from cxrlt.config import save_resolved
-    from cxrlt.data.datasets import SPLITS, missing_images, read_split
+    from cxrlt.data.datasets import SPLITS, image_paths, missing_images, read_split
     from cxrlt.data.experiment import Experiment
     from cxrlt.errors import CxrltError
     from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
@@ -284,10 +377,11 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
             continue
         frames[split] = read_split(spec, split, labels={"train": "required", "val": "auto", "dev": "auto",
                                                         "test": "none"}[split])
+    allow_outside = bool(cfg.data.allow_outside_root)
     items: dict[str, str] = {}
     for split, df in frames.items():
-        for image_id, rel in zip(df[spec.id_col], df[spec.path_col]):
-            src = str(spec.image_root / rel)
+        for image_id, path in zip(df[spec.id_col], image_paths(spec, df, split, allow_outside)):
+            src = str(path)
             if items.setdefault(image_id, src) != src:
                 raise CxrltError(f"{display_path(spec.csv(split))}: id '{image_id}' points to two files "
                                  f"({items[image_id]} and {src})")
@@ -303,7 +397,7 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
     if force and cache.folder.exists():
         shutil.rmtree(cache.folder)
     for split, df in frames.items():
-        msg = missing_images(spec, df, split)
+        msg = missing_images(spec, df, split, allow_outside)
         if msg:
             print(f"warning: {msg}", file=sys.stderr)
     written, skipped, failures = cache_images(cache, list(items.items()), int(cfg.cache.workers or 0), progress,

@@ -22,7 +22,7 @@ from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir, experiment_path
-from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
+from cxrlt.fileio import display_path, intact, read_header, remove_stale_tmp, stamps, to_json, write_text
 from cxrlt.locks import exclusive
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.runtime import is_main_process
@@ -57,9 +57,7 @@ def load_members(members, labels, id_col, split: str):
 def zero_shot_columns(members, fname: str, names) -> list[str]:
     """The columns after the trained labels in the first member's `fname` that every member's has
     (zero-shot labels of text-query models), in the first member's order; [] when none."""
-    import pandas as pd
-
-    heads = [pd.read_csv(p, nrows=0).columns.tolist() for m in members if (p := member_dir(m) / fname).is_file()]
+    heads = [read_header(p) for m in members if (p := member_dir(m) / fname).is_file()]
     if not heads:
         return []
     extra = [c for c in heads[0][1 + len(names):] if c != "fold"]

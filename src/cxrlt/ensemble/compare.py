@@ -30,7 +30,7 @@ from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable,
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.evaluate.validation import METRICS, best_epochs, drift_check, fold_summary, headline, view_groups
 from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, project_path, save_figure, write_csv, write_text
+from cxrlt.fileio import display_path, project_path, read_table, save_figure, write_csv, write_text
 from cxrlt.metrics import evaluate, map_score, prevalence_groups
 
 FIGURES = [c for m in METRICS for c in (m, f"{m}_folds", f"{m}_folds_std")]
@@ -66,7 +66,7 @@ def train_minutes(exp: Path) -> float:
         secs = (json.loads(done.read_text()).get("seconds") or {}).get("total") if done.is_file() else None
         if secs is not None:
             total, seen = total + float(secs), True
-        elif log.is_file() and "time_s" in (df := pd.read_csv(log)).columns:
+        elif log.is_file() and "time_s" in (df := read_table(log)).columns:
             total, seen = total + float(df["time_s"].sum()), True
     return total / 60 if seen else float("nan")
 
@@ -293,7 +293,7 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
             raise CxrltError(f"recipe '{cfg.name}': {display_path(mfile)} has no multiclass figures for "
                              f"{' and '.join(missing)} (stage 04 writes them for labelled development and test CSVs; "
                              f"a blend has none)")
-        ids = pd.read_csv(exp / "oof.csv", usecols=[spec.id_col], dtype=str)[spec.id_col].tolist()
+        ids = read_table(exp / "oof.csv", spec.id_col, usecols=[spec.id_col])[spec.id_col].tolist()
         if first is None:
             first = (cfg.name, ids)
         elif ids != first[1]:

@@ -25,9 +25,9 @@ from filelock import FileLock, Timeout
 from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import read_split
 from cxrlt.data.experiment import Experiment
-from cxrlt.errors import CxrltError
+from cxrlt.errors import CxrltError, clip
 from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, project_path, write_atomic, write_csv
+from cxrlt.fileio import display_path, first_line, project_path, read_header, read_table, write_atomic, write_csv
 from cxrlt.locks import exclusive, holder, sign_holder
 from cxrlt.runtime import is_main_process
 
@@ -35,7 +35,7 @@ from cxrlt.runtime import is_main_process
 def expected_ids(spec) -> list[str]:
     """Row order of a submission: sample_submission.csv when the preset has one, else the test CSV."""
     if spec.sample_submission is not None and spec.sample_submission.is_file():
-        sub = pd.read_csv(spec.sample_submission, dtype={spec.id_col: str})
+        sub = read_table(spec.sample_submission, spec.id_col)
         if spec.id_col not in sub.columns:
             raise CxrltError(f"{display_path(spec.sample_submission)}: no '{spec.id_col}' column")
         return sub[spec.id_col].tolist()
@@ -51,20 +51,20 @@ def validate(df: pd.DataFrame, spec, ids: list[str], source: str = "submission",
             raise CxrltError(f"{source}: columns are in the wrong order (expected {spec.id_col}, then the labels in "
                              f"preset order, starting {', '.join(cols[1:4])}...)")
         have, want = set(df.columns), set(cols)
-        missing = [c for c in cols if c not in have]
-        extra = [c for c in df.columns if c not in want]
+        missing = [clip(c, 60) for c in cols if c not in have]
+        extra = [clip(c, 60) for c in df.columns if c not in want]
         raise CxrltError(f"{source}: wrong columns (missing: {missing[:3] or 'none'}; unexpected: {extra[:3] or 'none'})")
     got = df[spec.id_col].astype(str)
     dup = got[got.duplicated()]
     if len(dup):
-        raise CxrltError(f"{source}: id '{dup.iloc[0]}' appears more than once ({dup.nunique()} duplicated ids)")
+        raise CxrltError(f"{source}: id '{clip(dup.iloc[0])}' appears more than once ({dup.nunique()} duplicated ids)")
     have, want = set(got), set(ids)               # built once: every check below is linear
     missing = [i for i in ids if i not in have]
     if missing:
-        raise CxrltError(f"{source}: {len(missing)} test ids are missing, e.g. '{missing[0]}'")
+        raise CxrltError(f"{source}: {len(missing)} test ids are missing, e.g. '{clip(missing[0])}'")
     extra = [i for i in got if i not in want]
     if extra:
-        raise CxrltError(f"{source}: {len(extra)} ids are not in the test set, e.g. '{extra[0]}'")
+        raise CxrltError(f"{source}: {len(extra)} ids are not in the test set, e.g. '{clip(extra[0])}'")
     if got.tolist() != list(ids):
         raise CxrltError(f"{source}: rows are not in the order of the sample submission / test CSV")
     values = df[labels].apply(pd.to_numeric, errors="coerce")
@@ -97,7 +97,7 @@ def read_upload(path: str | Path, spec) -> pd.DataFrame:
         head = f.read(8192)
     if path.suffix.lower() == ".zip" or head[:4] in ZIP_MAGIC:
         name, data = _zip_member(path)
-        return _parse_csv(io.BytesIO(data), data[:8192], f"{path} ({name} in the zip)", spec.id_col)
+        return _parse_csv(io.BytesIO(data), data[:8192], f"{path} ({clip(name)} in the zip)", spec.id_col)
     return _parse_csv(path, head, str(path), spec.id_col)
 
 
@@ -108,14 +108,16 @@ def _zip_member(path: Path) -> tuple[str, bytes]:
             names = z.namelist()
             if len(names) != 1:
                 shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-                raise CxrltError(f"{path}: the zip holds {len(names)} entries ({shown or 'none'}); "
+                raise CxrltError(f"{path}: the zip holds {len(names)} entries ({clip(shown) or 'none'}); "
                                  f"it must hold exactly one CSV at its root")
             name = names[0]
             if not name.lower().endswith(".csv") or "/" in name:
-                raise CxrltError(f"{path}: the zip holds '{name}', not one CSV at its root")
-            return name, z.read(name)
+                raise CxrltError(f"{path}: the zip holds '{clip(name)}', not one CSV at its root")
+            with z.open(name) as f:   # a header of one huge line is refused before the member is read
+                first_line(f, where=f"{path} ({clip(name)} in the zip)")
+                return name, f.read()
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-        raise CxrltError(f"{path}: not a readable zip, truncated or corrupt ({e})") from None
+        raise CxrltError(f"{path}: not a readable zip, truncated or corrupt ({clip(e)})") from None
 
 
 def _parse_csv(src, head: bytes, where: str, id_col: str) -> pd.DataFrame:
@@ -123,13 +125,14 @@ def _parse_csv(src, head: bytes, where: str, id_col: str) -> pd.DataFrame:
     if b"\x00" in head:
         raise CxrltError(f"{where}: binary data (NUL bytes), not a UTF-8 CSV")
     try:
-        return pd.read_csv(src, dtype={id_col: str})
+        read_header(src, where=where)   # a first line over fileio.HEADER_LIMIT bytes: refused unread
+        return read_table(src, id_col)
     except pd.errors.EmptyDataError:
         raise CxrltError(f"{where}: empty file, not a CSV (no header, no rows)") from None
     except UnicodeDecodeError:
         raise CxrltError(f"{where}: not a text CSV (binary data, or text that is not UTF-8)") from None
     except ValueError as e:  # pandas' ParserError (ragged rows, unclosed quote) and its other complaints
-        raise CxrltError(f"{where}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+        raise CxrltError(f"{where}: not a readable CSV ({clip(str(e).strip().splitlines()[0])})") from None
 
 
 def check_file(cfg: Config, path: str | Path) -> int:
@@ -155,7 +158,7 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
         raise CxrltError(f"{display_path(src)} not found: run {rerun_hint(cfg, '04_predict.py')} "
                          f"(src/05_blend.py for a blend)")
     ids = expected_ids(spec)
-    pred = pd.read_csv(src, dtype={spec.id_col: str})
+    pred = read_table(src, spec.id_col)
     got = pred[spec.id_col] if spec.id_col in pred.columns else pd.Series([], dtype=str)
     if got.duplicated().any() or set(got) != set(ids):
         raise CxrltError(f"{display_path(src)}: its ids are not the test set's ({len(set(ids) - set(got))} missing, "
@@ -222,7 +225,7 @@ def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) ->
         with lock:
             new = pd.DataFrame([row])
             if log.is_file():  # old rows as strings: rewritten exactly as they were
-                new = pd.concat([pd.read_csv(log, dtype=str, keep_default_na=False), new], ignore_index=True)
+                new = pd.concat([read_table(log, dtype=str, keep_default_na=False), new], ignore_index=True)
             write_csv(log, new)
     except Timeout:
         raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by "

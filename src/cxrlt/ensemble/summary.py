@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import pandas as pd
 
 from cxrlt.evaluate.validation import figure_lines
-from cxrlt.fileio import display_path, project_path
+from cxrlt.fileio import display_path, project_path, read_table
 
 
 def _load(path):
@@ -40,7 +39,7 @@ def main(argv=None) -> None:
               f"{t['mF1_honest']:.4f} tuned (honest)")
     log = project_path("submissions") / "log.csv"
     if log.is_file():
-        last = pd.read_csv(log).iloc[-1]
+        last = read_table(log).iloc[-1]
         print(f"{'submission':>24s}: {display_path(project_path('submissions') / last.file)} (sha256 {last.sha256[:12]}...)")
     print(f"{'try it':>24s}: python src/serve.py --experiment {display_path(exp / a.final)}   "
           f"(web page on http://127.0.0.1:7860/, JSON API POST /api/predict)")

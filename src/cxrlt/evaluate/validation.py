@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.evaluate.normalise import FoldNormaliser
+from cxrlt.fileio import read_table
 from cxrlt.metrics import evaluate, map_score
 
 METRICS = ("mAP", "mAUC", "mF1", "head", "medium", "tail")
@@ -71,7 +72,7 @@ def best_epochs(exp_dir: str | Path, folds) -> dict:
         done, log = d / "done.json", d / "log.csv"
         if done.is_file():
             out[int(k)] = json.loads(done.read_text()).get("best_epoch")
-        elif log.is_file() and "val_mAP" in (t := pd.read_csv(log)).columns and len(t):
+        elif log.is_file() and "val_mAP" in (t := read_table(log)).columns and len(t):
             out[int(k)] = int(t["epoch"].iloc[int(t["val_mAP"].to_numpy().argmax())])
         else:
             out[int(k)] = None

@@ -3,13 +3,15 @@ models rebuilt from a checkpoint file alone (its `arch` record: model, head, lab
 and statistics; for a second stage also the fusion's shape and the view kinds it knows)."""
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxrlt.errors import CxrltError
+from cxrlt.errors import CxrltError, clip
 from cxrlt.fileio import display_path, write_atomic
 
 
@@ -19,7 +21,19 @@ def save(obj: dict, path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint dict from `path`. A file that is not one (text, truncated, empty, a zip or pickle
+    of something else) is a one-line error naming the file and what torch.load said."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile,
+            ModuleNotFoundError, AttributeError) as e:
+        said = (str(e).strip().splitlines() or [""])[0]
+        raise CxrltError(f"{display_path(path)}: not a readable PyTorch checkpoint (text, truncated or another kind "
+                         f"of file: {type(e).__name__}: {clip(said, 120)})") from None
+    if not isinstance(ck, dict):
+        raise CxrltError(f"{display_path(path)}: holds a {type(ck).__name__}, not a checkpoint (a dict of weights "
+                         f"and records)")
+    return ck
 
 
 def build_model(arch: dict) -> torch.nn.Module:

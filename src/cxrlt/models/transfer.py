@@ -57,7 +57,10 @@ def source(init_from: str) -> tuple[Path, dict, dict]:
     from cxrlt.models.checkpoint import arch_of_checkpoint, load
 
     path = source_checkpoint(init_from)
-    ck = load(path)
+    try:
+        ck = load(path)
+    except CxrltError as e:   # not a checkpoint at all: say which setting named it
+        raise CxrltError(f"model.init_from {e}") from None
     arch = arch_of_checkpoint(ck)
     if not arch or arch.get("kind") != "image":
         raise CxrltError(f"model.init_from {display_path(path)}: not a first-stage image model")

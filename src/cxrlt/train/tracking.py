@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.errors import CxrltError
+from cxrlt.fileio import read_table
 from cxrlt.metrics import mean_ap
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -78,7 +79,7 @@ def log_best_ap(accelerator, preds_csv, ids: pd.Series, y: np.ndarray, names, be
     and `y` are the training table's. Classes without a validation positive have no AP: left out."""
     if not accelerator.trackers:
         return
-    preds = pd.read_csv(preds_csv, dtype={ids.name: str})
+    preds = read_table(preds_csv, ids.name)
     truth = pd.DataFrame(y, index=ids.astype(str)).loc[preds[ids.name]].to_numpy()
     ap = mean_ap(truth, preds[list(names)].to_numpy(), names)["ap"]
     tag = {n: "val_AP/" + re.sub(r"[^\w.-]", "_", n) for n in names}  # TensorBoard tags: no spaces
