@@ -53,3 +53,35 @@ def test_study_aggregation_is_view_weighted_and_shared():
     assert np.allclose(out[0], [(7 * 0.8 + 3 * 0.2) / 10, (7 * 0 + 3 * 1) / 10]) and np.allclose(out[0], out[1])
     assert np.allclose(out[2], p[2])                                     # a single-image study is unchanged
     assert np.allclose(out[3], (7 * p[3] + 5 * p[4]) / 12) and np.allclose(out[3], out[4])
+
+
+def test_fast_average_precision_equals_sklearn():
+    """metrics.average_precision (one sort per class, hand-written for speed) is scikit-learn's
+    average_precision_score to 1e-12: random scores, heavy ties, everything tied, one positive,
+    every image positive; a class without a positive is NaN (left out), as before."""
+    from cxrlt.metrics import average_precision, map_score, per_class
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        y = (rng.random(n) < rng.choice([0.01, 0.1, 0.5, 0.9, 1.0])).astype(int)
+        if trial % 3 == 0:
+            p = np.round(rng.random(n) * int(rng.integers(1, 12))) / 7            # ties
+        elif trial % 3 == 1:
+            p = rng.random(n) + 0.3 * y
+        else:
+            p = np.full(n, 0.5) if trial % 2 else rng.integers(0, 3, n).astype(float)
+        if y.sum() == 0:
+            assert np.isnan(average_precision(y, p))
+            continue
+        assert average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+        assert average_precision(y.astype(np.float32), p.astype(np.float32)) == pytest.approx(
+            average_precision_score(y, p.astype(np.float32)), abs=1e-12)
+    y, p = random_case(3, n=2000)
+    ap = per_class(y, p)
+    assert np.isnan(ap[2]) and ap[[0, 1, 3]] == pytest.approx(
+        [average_precision_score(y[:, c], p[:, c]) for c in (0, 1, 3)], abs=1e-12)
+    assert map_score(y, p) == pytest.approx(np.mean(ap[[0, 1, 3]]), abs=1e-12)
+    assert map_score(np.zeros((5, 2)), np.ones((5, 2)), empty=0.0) == 0.0
+    with pytest.raises(ValueError):                       # not finite: scikit-learn's own error, as before
+        average_precision(np.array([0, 1]), np.array([0.1, np.nan]))
