@@ -44,8 +44,8 @@ def average_precision(y, p) -> float:
         return float("nan")
     thr, gain = np.unique(p[pos], return_counts=True)                   # ascending distinct positive scores
     above = len(p) - np.searchsorted(np.sort(p), thr, side="left")      # images scored >= each
-    tp = np.cumsum(gain[::-1])[::-1]                                    # positives scored >= each
-    return float((gain * (tp / above)).sum() / n_pos)
+    tp = np.ascontiguousarray(np.cumsum(gain[::-1])[::-1])              # positives scored >= each
+    return float((gain * (tp / above)).sum() / n_pos)   # blend._MaskedScorer sums the same terms in the same order
 
 
 def prevalence_groups(counts, n_total) -> list[str]:
