@@ -62,12 +62,14 @@ def per_class(y: np.ndarray, p: np.ndarray, score=None, need_negatives: bool = F
     score = average_precision if score is None else score
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
+    # one copy with each class's column contiguous: the per-class work reads it many times
+    yt, pt = np.ascontiguousarray(y.T), np.ascontiguousarray(p.T)
     out = np.full(y.shape[1], np.nan)
     for c in range(y.shape[1]):
-        pos = y[:, c].sum()
+        pos = yt[c].sum()
         if pos == 0 or (need_negatives and pos == len(y)):
             continue
-        out[c] = score(y[:, c], p[:, c])
+        out[c] = score(yt[c], pt[c])
     return out
 
 

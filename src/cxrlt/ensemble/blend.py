@@ -93,44 +93,50 @@ def fit_weights(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40) -> np.
 
 
 class _MaskedScorer:
-    """mAP of one candidate blend on several row sets at once (all rows; all but one fold), from one
-    sort per class: each row set's AP is read off the shared descending order by cumulative counts.
-    The terms and their order are those of metrics.average_precision on the restricted rows, so each
-    figure is that function's to the last bit (tests/test_blend_submit.py), for the sort of one
-    row set instead of one sort per row set. Labels must be 0/1 and scores finite (else the
-    caller scores each row set alone, and scikit-learn raises its error)."""
+    """mAP of one candidate blend on several row sets at once: all rows, and all but one fold. Each
+    fold's scores are sorted once (a sort of the values, no argsort); the images at or above a
+    positive's score are counted in every fold by binary search, and a row set's count is the sum
+    over its folds. The terms and their order are those of metrics.average_precision on the
+    restricted rows, so each figure is that function's to the last bit (tests/test_blend_submit.py),
+    for one sort of the rows instead of one per row set. Labels must be 0/1 and scores finite (else
+    the caller scores each row set alone, and scikit-learn raises its usual error)."""
 
     def __init__(self, y: np.ndarray, folds):
-        self.y, self.folds = y == 1, folds
+        folds = np.asarray(folds)
+        self.fold_ids = [int(f) for f in np.unique(folds)]
+        self.fold_rows = [np.flatnonzero(folds == f) for f in self.fold_ids]
+        self.pos = [np.flatnonzero(y[:, c] == 1) for c in range(y.shape[1])]
+        self.pos_fold = [folds[i] for i in self.pos]
 
     def __call__(self, cand: np.ndarray, keys: list) -> dict:
-        n = len(cand)
-        ap = {k: np.full(cand.shape[1], np.nan) for k in keys}
-        for c in range(cand.shape[1]):
-            col = cand[:, c]
-            order = np.argsort(col)[::-1]                               # descending; ties adjacent, any order
-            s, yo = col[order], self.y[order, c]
-            ppos = np.flatnonzero(yo)
-            if not len(ppos):
+        n_cls = cand.shape[1]
+        ap = {k: np.full(n_cls, np.nan) for k in keys}
+        by_fold = []                                                     # (classes, fold rows), each row sorted
+        for rows in self.fold_rows:
+            part = np.ascontiguousarray(cand[rows].T)
+            part.sort(axis=1)
+            by_fold.append(part)
+        for c in range(n_cls):
+            if not len(self.pos[c]):
                 continue
-            is_end = np.empty(n, bool)
-            np.not_equal(s[:-1], s[1:], out=is_end[:-1])
-            is_end[-1] = True
-            ends = np.flatnonzero(is_end)
-            pe = ends[np.searchsorted(ends, ppos)]                       # last row of each positive's tie group
-            fo = self.folds[order] if any(k is not None for k in keys) else None
+            ps = cand[self.pos[c], c]
+            o = np.argsort(ps)
+            ps, pf = ps[o], self.pos_fold[c][o]                          # positives ascending, with their folds
+            new = np.r_[True, ps[1:] != ps[:-1]]
+            thr, gid = ps[new], np.cumsum(new) - 1                       # distinct positive scores; each one's
+            above_f = {f: len(part[c]) - np.searchsorted(part[c], thr, side="left")
+                       for f, part in zip(self.fold_ids, by_fold)}      # images scored >= each, per fold
+            above_all = sum(above_f.values())
             for k in keys:
-                kp = pe if k is None else pe[fo[ppos] != k]
-                if not len(kp):
+                g = gid if k is None else gid[pf != k]
+                if not len(g):
                     continue
-                first = np.flatnonzero(np.r_[True, kp[1:] != kp[:-1]])
-                at = kp[first]                                           # groups holding a positive, descending
-                gain_d = np.diff(np.r_[first, len(kp)])
-                above_d = at + 1 if k is None else np.cumsum(fo != k)[at]
-                gain = np.ascontiguousarray(gain_d[::-1])                # ascending, as average_precision
-                above = np.ascontiguousarray(above_d[::-1])
-                tp = np.ascontiguousarray(np.cumsum(gain_d)[::-1])
-                ap[k][c] = float((gain * (tp / above)).sum() / len(kp))
+                first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                at = g[first]                                            # this row set's thresholds, ascending
+                gain = np.diff(np.r_[first, len(g)])
+                above = above_all[at] if k is None else above_all[at] - above_f[k][at]
+                tp = np.ascontiguousarray(np.cumsum(gain[::-1])[::-1])
+                ap[k][c] = float((gain * (tp / above)).sum() / len(g))
         return {k: float(np.nanmean(a)) if np.isfinite(a).any() else 0.0 for k, a in ap.items()}
 
 

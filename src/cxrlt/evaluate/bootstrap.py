@@ -64,8 +64,9 @@ def resample_weights(patients, n_boot: int, seed: int):
 class _ClassOrder:
     """One class's scores sorted once, as what a weighted AP needs: the distinct scores of the
     positives (descending: the tie groups that hold a positive), a sparse (groups x units) count of
-    every image at or above each group (by the last group it reaches), and the same for the
-    positives. A unit is whatever carries a weight: a patient, or an image."""
+    the images entering at each group (scored at or above it, below the one before; a cumulative
+    sum down the groups counts every image at or above), and of the positives in each group. A unit
+    is whatever carries a weight: a patient, or an image."""
 
     def __init__(self, y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_units: int, dtype=np.float32):
         from scipy.sparse import csr_matrix
