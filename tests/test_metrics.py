@@ -85,3 +85,25 @@ def test_fast_average_precision_equals_sklearn():
     assert map_score(np.zeros((5, 2)), np.ones((5, 2)), empty=0.0) == 0.0
     with pytest.raises(ValueError):                       # not finite: scikit-learn's own error, as before
         average_precision(np.array([0, 1]), np.array([0.1, np.nan]))
+
+
+def test_fast_f1_equals_sklearn_to_the_bit():
+    """metrics.f1_per_class counts (hand-written for speed) and gives scikit-learn's f1_score exactly:
+    per-class thresholds, one threshold, boolean hits, classes never predicted, no positive (NaN)."""
+    from cxrlt.metrics import f1_per_class
+
+    rng = np.random.default_rng(4)
+    y = (rng.random((500, 6)) < [0.3, 0.05, 0.0, 0.6, 0.01, 1.0]).astype(int)
+    p = np.round(np.clip(y * 0.3 + rng.random((500, 6)) * 0.7, 0, 1), 2)
+    for t in (0.5, rng.random(6), np.array([0.5, 2.0, 0.1, 0.0, 0.99, 0.7])):
+        got = f1_per_class(y, p, t)
+        tt = np.broadcast_to(t, (6,))
+        for c in range(6):
+            if y[:, c].sum() == 0:
+                assert np.isnan(got[c])
+            else:
+                assert got[c] == f1_score(y[:, c], p[:, c] >= tt[c], zero_division=0.0)
+    hits = p >= 0.4
+    assert np.array_equal(f1_per_class(y, hits, 0.5),
+                          [f1_score(y[:, c], hits[:, c], zero_division=0.0) if y[:, c].any() else np.nan
+                           for c in range(6)], equal_nan=True)

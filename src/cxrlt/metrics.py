@@ -80,12 +80,23 @@ def map_score(y, p, empty: float = float("nan")) -> float:
 
 
 def f1_per_class(y, p, thresholds) -> np.ndarray:
+    """F1 of (p >= threshold) per class with a positive (NaN otherwise): scikit-learn's f1_score
+    (zero_division=0), hand-written for speed as its own formula 2 tp / (positives + predicted),
+    counted for all classes at once (equal to the last bit: tests/test_metrics.py). Labels other
+    than 0/1 go to scikit-learn."""
     y, p = np.asarray(y), np.asarray(p)
     t = np.broadcast_to(np.asarray(thresholds, np.float64), (y.shape[1],))
     out = np.full(y.shape[1], np.nan)
-    for c in range(y.shape[1]):
-        if y[:, c].sum() > 0:
-            out[c] = f1_score(y[:, c], p[:, c] >= t[c], zero_division=0.0)
+    if not ((y == 0) | (y == 1)).all():
+        for c in range(y.shape[1]):
+            if y[:, c].sum() > 0:
+                out[c] = f1_score(y[:, c], p[:, c] >= t[c], zero_division=0.0)
+        return out
+    truth, hit = y == 1, p >= t
+    positives, predicted = truth.sum(0), hit.sum(0)
+    tp = (truth & hit).sum(0)
+    has = positives > 0
+    out[has] = 2.0 * tp[has] / (positives[has] + predicted[has]).astype(np.float64)
     return out
 
 
