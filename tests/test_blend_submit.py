@@ -254,3 +254,28 @@ def test_submission_for_other_presets(tmp_path, preset, labels, id_col):
     r = make_submission(cfg)
     sub = pd.read_csv(r["csv"], dtype={id_col: str})
     assert list(sub.columns) == [id_col, *labels] and list(sub[id_col]) == ids
+
+
+def test_best_threshold_is_scikit_learns_to_the_bit():
+    """The hand-written precision-recall curve (one sort) picks the threshold scikit-learn's
+    precision_recall_curve gives, exactly: ties, a single positive, every image positive."""
+    from sklearn.metrics import precision_recall_curve
+
+    from cxrlt.ensemble.thresholds import best_threshold
+
+    def reference(y, p):
+        prec, rec, thr = precision_recall_curve(y, p)
+        f1 = 2 * prec[:-1] * rec[:-1] / np.clip(prec[:-1] + rec[:-1], 1e-12, None)
+        return float(thr[int(np.argmax(f1))])
+
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.choice([0.01, 0.1, 0.5, 1.0])).astype(int)
+        if y.sum() == 0:
+            y[0] = 1
+        p = rng.random(n) + 0.3 * y
+        if trial % 2:
+            p = np.round(p, 1)                                          # ties
+        assert best_threshold(y, p) == reference(y, p)
+    assert best_threshold(np.zeros(5), np.ones(5)) == 0.5

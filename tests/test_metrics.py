@@ -107,3 +107,18 @@ def test_fast_f1_equals_sklearn_to_the_bit():
     assert np.array_equal(f1_per_class(y, hits, 0.5),
                           [f1_score(y[:, c], hits[:, c], zero_division=0.0) if y[:, c].any() else np.nan
                            for c in range(6)], equal_nan=True)
+
+
+def test_fast_auc_equals_sklearn():
+    from cxrlt.metrics import roc_auc
+
+    rng = np.random.default_rng(6)
+    for trial in range(150):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.choice([0.01, 0.2, 0.5, 0.95])).astype(int)
+        y[0], y[-1] = 0, 1
+        p = rng.random(n) + 0.2 * y
+        if trial % 2:
+            p = np.round(p, 1)                                          # ties
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert roc_auc(y.astype(np.float32), p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
