@@ -170,9 +170,10 @@ def test_bootstrap_is_the_first_design_to_the_last_bit(seed, monkeypatch):
              "c": np.zeros(y.shape)}                                        # everything tied
     # one block of draws; blocks of 7 and a last block of one; blocks of one (numpy summed a lone
     # resample's terms pairwise, a block's left to right: both kept)
-    for block, work in ((bs.BLOCK, bs.WORK), (5_000, 3_000), (700, 1_000_000)):
+    for block, work, f32 in ((bs.BLOCK, bs.WORK, bs.F32_EXACT), (5_000, 3_000, bs.F32_EXACT), (700, 1_000_000, 0)):
         monkeypatch.setattr(bs, "BLOCK", block)
         monkeypatch.setattr(bs, "WORK", work)
+        monkeypatch.setattr(bs, "F32_EXACT", f32)                           # 0: the float64 path
         got = bootstrap_ap(y, preds, patients, 50, seed=seed)
         want = _reference_bootstrap(y, preds, patients, 50, seed, block)
         for k in preds:

@@ -24,6 +24,7 @@ import pandas as pd
 from cxrlt.errors import CxrltError
 
 BLOCK = 4_000_000       # resamples x images per block of draws (kept: the block sizes fix the random draws)
+F32_EXACT = 2 ** 24     # float32 holds every whole number below this: sums of weights below it are exact
 WORK = 1_000_000        # resamples x groups (or patients) per block of arithmetic (~8 MB per array)
 
 
@@ -90,16 +91,17 @@ class _ClassOrder:
         (whole-number weights, the same divisions) and so is the sum over the groups: left to right,
         or pairwise for the `pairwise` columns (numpy's sum of a single-resample block), so the
         figures are the same to the last bit."""
-        # (b, groups) C-ordered (numpy's cumsum runs fast along the contiguous axis), worked in place
-        tot = (self.all @ w).T.astype(np.float64, order="C")
+        # (b, groups) C-ordered (numpy's cumsum runs fast along the contiguous axis), worked in place;
+        # the whole-number sums stay in w's dtype (exact), the divisions are float64 as before
+        tot = np.ascontiguousarray((self.all @ w).T)
         np.cumsum(tot, axis=1, out=tot)                                  # weighted images at or above each group
-        gain = (self.pos @ w).T.astype(np.float64, order="C")            # weighted positives in each group
+        gain = np.ascontiguousarray((self.pos @ w).T)                    # weighted positives in each group
         tp = np.cumsum(gain, axis=1)
-        found = tp[:, -1].copy()
+        found = tp[:, -1].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             np.maximum(tot, 1, out=tot)
-            np.divide(tp, tot, out=tot)
-            terms = np.multiply(gain, tot, out=gain)
+            terms = np.divide(tp, tot, dtype=np.float64)
+            np.multiply(gain, terms, out=terms, dtype=np.float64)
             lone = np.flatnonzero(pairwise) if pairwise is not None else ()
             alone = [terms[j].sum() for j in lone]                       # a contiguous row: numpy sums pairwise
             total = np.cumsum(terms, axis=1, out=terms)[:, -1].copy()   # a block: left to right
@@ -119,7 +121,7 @@ def _weighted_ap(y, p, codes, n_units: int, w: np.ndarray, pairwise: np.ndarray)
     # float32 keeps the sparse products exact while every sum of weights stays below 2**24
     per_unit, rows = np.bincount(codes, minlength=n_units).astype(np.float64), max(1, WORK // max(n_units, 1))
     cap = max(float(np.max(w[s:s + rows] @ per_unit)) for s in range(0, len(w), rows))
-    dtype = np.float32 if cap < 2 ** 24 else np.float64
+    dtype = np.float32 if cap < F32_EXACT else np.float64
     # every class sorted once; then each block of resamples is made float (units x b) once for all classes
     orders = {c: _ClassOrder(y[:, c], p[:, c], codes, n_units, dtype) for c in range(y.shape[1]) if y[:, c].any()}
     step = max(1, WORK // max(max((o.n for o in orders.values()), default=1), n_units, 1))
