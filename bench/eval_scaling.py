@@ -118,9 +118,9 @@ def main():
         wall, cpu = new
         cells = [what, f"{wall:.2f}", f"{cpu:.2f}"]
         if ref is not None:
-            cells += [f"{ref[0]:.2f}", f"{ref[0] / max(wall, 1e-9):.1f}x"]
+            cells += [f"{ref[0]:.2f}", f"{ref[1]:.2f}", f"{ref[0] / max(wall, 1e-9):.1f}x", f"{ref[1] / max(cpu, 1e-9):.1f}x"]
         else:
-            cells += ["", ""]
+            cells += ["", "", "", ""]
         table.append(cells + [note])
         print(" | ".join(cells + [note]), flush=True)
 
@@ -217,8 +217,8 @@ def main():
                 f"reference: read_csv {w0:.2f} s + per-cell check {w2:.2f} s")
             row("read_split(train), again in the same stage", (w3, c3), None, "cached (bytes hashed)")
     print()
-    print("| what | wall s | cpu s | reference wall s | ratio | note |")
-    print("|---|---|---|---|---|---|")
+    print("| what | wall s | cpu s | reference wall s | reference cpu s | ratio (wall) | ratio (cpu) | note |")
+    print("|---|---|---|---|---|---|---|---|")
     for cells in table:
         print("| " + " | ".join(cells) + " |")
 
