@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import check_task, label_matrix, read_split, resolve_dataset
@@ -68,6 +67,8 @@ def zero_shot_columns(members, fname: str, names) -> list[str]:
 def rank_normalise(p: np.ndarray) -> np.ndarray:
     """Per-class ranks scaled to [0, 1] (ties share their mean rank)."""
     n = len(p)
+    from scipy.stats import rankdata   # here: scipy.stats costs about a second at start-up
+
     return (rankdata(p, axis=0) - 1) / max(n - 1, 1)
 
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import precision_recall_curve
 
 from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import label_matrix, resolve_dataset
@@ -40,6 +37,8 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
         return 0.5
     pos = y == 1
     if y.ndim != 1 or y.shape != p.shape or not ((y == 0) | pos).all() or not np.isfinite(p).all():
+        from sklearn.metrics import precision_recall_curve
+
         prec, rec, thr = precision_recall_curve(y, p)
         prec, rec = prec[:-1], rec[:-1]
     else:
@@ -86,6 +85,8 @@ def fit_temperature(y: np.ndarray, p: np.ndarray) -> float:
         q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
         return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
 
+    from scipy.optimize import minimize_scalar   # scipy and scikit-learn: imported when used (start-up time)
+
     return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
 
 
@@ -108,6 +109,8 @@ def fit_calibrator(method: str, y: np.ndarray, p: np.ndarray):
         return None
     if method == "temperature":
         return fit_temperature(y, p)
+    from sklearn.isotonic import IsotonicRegression
+
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
     return dict(x=iso.X_thresholds_.tolist(), y=iso.y_thresholds_.tolist())
 
