@@ -27,3 +27,14 @@ def test_serve_latency_bench_runs_on_cpu():
     assert r.returncode == 0, r.stderr[-3000:]
     m = re.search(r"ratio (\d+\.\d+)x", r.stdout)
     assert m and float(m.group(1)) > 0 and "2 fold model(s)" in r.stdout, r.stdout
+
+
+def test_eval_scaling_bench_runs_small():
+    """bench/eval_scaling.py end to end at a tiny size: every row printed, the reference checks
+    (AP equal, bootstrap identical to the bit) hold."""
+    r = subprocess.run([sys.executable, "bench/eval_scaling.py", "--rows", "1500", "--patients", "600", "--boot", "40",
+                        "--steps", "3", "--ref-boot", "10"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for what in ("mAP (fast AP vs sklearn)", "bootstrap 40 resamples", "blend fit", "stage 08 figures",
+                 "stage 04 non-model work", "read_split(train) incl. label check"):
+        assert f"| {what}" in r.stdout, r.stdout

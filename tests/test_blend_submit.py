@@ -33,6 +33,61 @@ def test_fitted_weights_never_below_the_best_member(seed):
     assert np.nanmean(per_class(y, combine(members, w, "mean"))) >= best - 1e-12
 
 
+def _reference_fit(y, arrays, steps):
+    """fit_weights as first written: scikit-learn's AP, every candidate scored from scratch."""
+    from sklearn.metrics import average_precision_score
+
+    def m(p):
+        ap = [average_precision_score(y[:, c], p[:, c]) for c in range(y.shape[1]) if y[:, c].sum() > 0]
+        return float(np.mean(ap)) if ap else 0.0
+
+    scores = [m(a) for a in arrays]
+    counts = np.zeros(len(arrays))
+    counts[int(np.argmax(scores))] = 1
+    total, best = arrays[int(np.argmax(scores))].copy(), max(scores)
+    for _ in range(steps - 1):
+        trial = [m((total + a) / (counts.sum() + 1)) for a in arrays]
+        j = int(np.argmax(trial))
+        if trial[j] < best - 1e-12:
+            break
+        counts[j] += 1
+        total += arrays[j]
+        best = max(best, trial[j])
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_picks_the_first_designs_weights_on_all_rows_and_per_fold(seed):
+    """fit_weights_folds (fits side by side, one sort per shared candidate) picks exactly the weights
+    of the first design (scikit-learn AP, one fit per row set): members of mixed quality, ties,
+    a class without a positive, a rare class, 5 folds; the side-by-side fits equal separate fast fits."""
+    from cxrlt.ensemble.blend import fit_weights_folds
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    y = (rng.random((n, 6)) < [0.3, 0.1, 0.03, 0.0, 0.5, 0.2]).astype(int)
+    base = rng.normal(size=y.shape)
+    members = [1 / (1 + np.exp(-(q * 3 * y + base + rng.normal(size=y.shape)))) for q in (0.6, 0.5, 0.45)]
+    if seed % 2:
+        members = [np.round(m, 2) for m in members]                      # ties
+    folds = rng.integers(0, 5, n)
+    steps = 12
+    w, per_fold = fit_weights_folds(y, members, steps, folds)
+    assert np.array_equal(w, _reference_fit(y, members, steps))
+    assert np.array_equal(fit_weights(y, members, steps), w)
+    assert sorted(per_fold) == [0, 1, 2, 3, 4]
+    for f, wf in per_fold.items():
+        tr = folds != f
+        assert np.array_equal(wf, _reference_fit(y[tr], [m[tr] for m in members], steps)), f
+        assert np.array_equal(wf, fit_weights(y[tr], [m[tr] for m in members], steps)), f
+    from cxrlt.ensemble.blend import _map, _MaskedScorer
+
+    for m in members:                                   # the shared-sort mAP is the direct one, bit for bit
+        got = _MaskedScorer(y, folds)(m, [None, 0, 1, 2, 3, 4])
+        assert got[None] == _map(y, m)
+        assert all(got[f] == _map(y[folds != f], m[folds != f]) for f in range(5))
+
+
 def test_rank_blend_of_one_member_keeps_its_ranking():
     p = np.random.default_rng(0).random((50, 3))
     r = combine([p], [1.0], "rank")
@@ -199,3 +254,28 @@ def test_submission_for_other_presets(tmp_path, preset, labels, id_col):
     r = make_submission(cfg)
     sub = pd.read_csv(r["csv"], dtype={id_col: str})
     assert list(sub.columns) == [id_col, *labels] and list(sub[id_col]) == ids
+
+
+def test_best_threshold_is_scikit_learns_to_the_bit():
+    """The hand-written precision-recall curve (one sort) picks the threshold scikit-learn's
+    precision_recall_curve gives, exactly: ties, a single positive, every image positive."""
+    from sklearn.metrics import precision_recall_curve
+
+    from cxrlt.ensemble.thresholds import best_threshold
+
+    def reference(y, p):
+        prec, rec, thr = precision_recall_curve(y, p)
+        f1 = 2 * prec[:-1] * rec[:-1] / np.clip(prec[:-1] + rec[:-1], 1e-12, None)
+        return float(thr[int(np.argmax(f1))])
+
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.choice([0.01, 0.1, 0.5, 1.0])).astype(int)
+        if y.sum() == 0:
+            y[0] = 1
+        p = rng.random(n) + 0.3 * y
+        if trial % 2:
+            p = np.round(p, 1)                                          # ties
+        assert best_threshold(y, p) == reference(y, p)
+    assert best_threshold(np.zeros(5), np.ones(5)) == 0.5

@@ -115,3 +115,90 @@ def test_demo_sized_bootstrap_takes_seconds():
     t = time.perf_counter()
     ap = bootstrap_ap(y, {"m": p}, rng.integers(0, 1300, 3000), 1000, seed=0)["m"]
     assert ap.shape == (1000, 26) and time.perf_counter() - t < 30
+
+
+# ----------------------------------------------------------------------------- the first design, kept as the reference
+def _reference_bootstrap(y, preds, patients, n_boot, seed, block):
+    """The bootstrap as first written (row weights gathered per block, every class re-sorted per
+    block): the redesign must give the same figures to the last bit, from the same draws."""
+    import pandas as pd
+
+    codes, uniq = pd.factorize(pd.Series(patients).astype(str), sort=True)
+    n_pat, rng = len(uniq), np.random.default_rng(seed)
+    step = max(1, block // max(len(codes), 1))
+    out = {name: [] for name in preds}
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        draws = rng.integers(0, n_pat, size=(b, n_pat)) + np.arange(b)[:, None] * n_pat
+        w = np.bincount(draws.ravel(), minlength=b * n_pat).reshape(b, n_pat).astype(np.int32)[:, codes]
+        for name, p in preds.items():
+            yb, p = np.asarray(y).astype(bool), np.asarray(p, np.float64)
+            ap_ = np.full((len(w), yb.shape[1]), np.nan)
+            for c in range(yb.shape[1]):
+                if not yb[:, c].any():
+                    continue
+                order = np.argsort(-p[:, c], kind="stable")
+                ps, pos = p[order, c], np.flatnonzero(yb[order, c])
+                ends = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]
+                at = np.unique(ends[np.searchsorted(ends, pos)])
+                ws = w[:, order]
+                tot = np.cumsum(ws, axis=1)[:, at]
+                tp = np.cumsum(ws[:, pos], axis=1)[:, np.searchsorted(pos, at, side="right") - 1]
+                gain = np.diff(tp, axis=1, prepend=0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    a = (gain * (tp / np.maximum(tot, 1))).sum(1) / tp[:, -1]
+                ap_[:, c] = np.where(tp[:, -1] > 0, a, np.nan)
+            out[name].append(ap_)
+    return {name: np.concatenate(b) for name, b in out.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_is_the_first_design_to_the_last_bit(seed, monkeypatch):
+    """Same draws (same generator, calls and order), same figures bit for bit: ties, a class
+    without a positive, a class with one positive, a class all positive, string patients, several
+    blocks of draws and several blocks of arithmetic."""
+    import cxrlt.evaluate.bootstrap as bs
+
+    rng = np.random.default_rng(seed)
+    n, classes = 700, 7
+    patients = np.array([f"p{i}" for i in rng.integers(0, 260, n)])
+    y = (rng.random((n, classes)) < [0.3, 0.1, 0.02, 0.005, 0.0, 1.0, 0.5]).astype(int)
+    y[:, 3] = 0
+    y[rng.integers(0, n), 3] = 1                                            # exactly one positive
+    preds = {"a": np.clip(0.3 * y + rng.random(y.shape), 0, 1),
+             "b": np.round(0.2 * y + rng.random(y.shape), 1),               # many ties
+             "c": np.zeros(y.shape)}                                        # everything tied
+    # one block of draws; blocks of 7 and a last block of one; blocks of one (numpy summed a lone
+    # resample's terms pairwise, a block's left to right: both kept)
+    for block, work, f32 in ((bs.BLOCK, bs.WORK, bs.F32_EXACT), (5_000, 3_000, bs.F32_EXACT), (700, 1_000_000, 0)):
+        monkeypatch.setattr(bs, "BLOCK", block)
+        monkeypatch.setattr(bs, "WORK", work)
+        monkeypatch.setattr(bs, "F32_EXACT", f32)                           # 0: the float64 path
+        got = bootstrap_ap(y, preds, patients, 50, seed=seed)
+        want = _reference_bootstrap(y, preds, patients, 50, seed, block)
+        for k in preds:
+            assert got[k].shape == (50, classes)
+            assert np.array_equal(got[k], want[k], equal_nan=True), k
+        assert np.isnan(got["a"][:, 4]).all() and (got["a"][:, 5] == 1).all()
+
+
+def test_bootstrap_matches_sklearn_on_explicit_resamples():
+    """Each resample's AP is scikit-learn's on the resampled images (a patient's images repeated
+    as often as the patient was drawn)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    patients = rng.integers(0, 90, 400)
+    y = (rng.random((400, 3)) < [0.2, 0.05, 0.5]).astype(int)
+    p = np.round(rng.random((400, 3)) + 0.4 * y, 2)
+    ap = bootstrap_ap(y, {"m": p}, patients, 20, seed=3)["m"]
+    codes, uniq = pd.factorize(pd.Series(patients).astype(str), sort=True)
+    rng2 = np.random.default_rng(3)
+    draws = rng2.integers(0, len(uniq), size=(20, len(uniq)))                # one block at this size
+    for r in range(20):
+        rows = np.concatenate([np.flatnonzero(codes == d) for d in draws[r]])
+        for c in range(3):
+            if y[rows, c].sum() == 0:
+                assert np.isnan(ap[r, c])
+            else:
+                assert ap[r, c] == pytest.approx(average_precision_score(y[rows, c], p[rows, c]), abs=1e-12)

@@ -103,3 +103,36 @@ def test_test_split_needs_no_labels(tiny_root):
     spec = resolve_dataset(data_cfg(preset="demo", input_dir=str(tiny_root)))
     test = read_split(spec, "test", "none")
     assert "Atelectasis" not in test.columns and len(test) == 40
+
+
+def test_label_check_names_first_bad_cell_and_counts(tmp_path):
+    """The vectorised check (each distinct text parsed once) gives the first design's line: first
+    bad row, column, raw value, how many such cells; spaces and data.label_map as before."""
+    rows = [[f"i{k}", f"{k}.png", "p", " 1 ", "0"] for k in range(50)]
+    rows[7][4], rows[30][4], rows[41][4] = "maybe", "2", "maybe"
+    spec = make(tmp_path, rows)
+    with pytest.raises(CxrltError) as e:
+        read_split(spec, "train", "required")
+    assert one_line(e).endswith("train.csv: row 9, column 'B': label value 'maybe' is not 0 or 1; 3 such cells "
+                                "in this column")
+    rows[7][4] = rows[30][4] = rows[41][4] = "-1"                   # mapped to 0
+    spec = make(tmp_path, rows)
+    df = read_split(spec, "train", "required")
+    assert (df["A"] == 1).all() and (df["B"] == 0).all() and df["B"].dtype == "uint8"
+
+
+def test_read_once_while_the_bytes_are_unchanged(tmp_path, monkeypatch):
+    """A stage's repeated reads of one CSV parse it once; a copy each time; a rewrite of the same size
+    (within the file system's timestamp granularity) is read again."""
+    import cxrlt.data.datasets as ds
+
+    spec = make(tmp_path, [["a", "a.png", "p", 0, 1], ["b", "b.png", "q", 1, 0]])
+    calls = []
+    real = ds._read_split
+    monkeypatch.setattr(ds, "_read_split", lambda *a: calls.append(1) or real(*a))
+    first = read_split(spec, "train", "required")
+    first.loc[0, "A"] = 1                                           # a caller's change stays its own
+    again = read_split(spec, "train", "required")
+    assert len(calls) == 1 and again["A"].tolist() == [0, 1]
+    make(tmp_path, [["a", "a.png", "p", 1, 1], ["b", "b.png", "q", 1, 0]])   # same size, new bytes
+    assert read_split(spec, "train", "required")["A"].tolist() == [1, 1] and len(calls) == 2

@@ -53,3 +53,72 @@ def test_study_aggregation_is_view_weighted_and_shared():
     assert np.allclose(out[0], [(7 * 0.8 + 3 * 0.2) / 10, (7 * 0 + 3 * 1) / 10]) and np.allclose(out[0], out[1])
     assert np.allclose(out[2], p[2])                                     # a single-image study is unchanged
     assert np.allclose(out[3], (7 * p[3] + 5 * p[4]) / 12) and np.allclose(out[3], out[4])
+
+
+def test_fast_average_precision_equals_sklearn():
+    """metrics.average_precision (one sort per class, hand-written for speed) is scikit-learn's
+    average_precision_score to 1e-12: random scores, heavy ties, everything tied, one positive,
+    every image positive; a class without a positive is NaN (left out), as before."""
+    from cxrlt.metrics import average_precision, map_score, per_class
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        y = (rng.random(n) < rng.choice([0.01, 0.1, 0.5, 0.9, 1.0])).astype(int)
+        if trial % 3 == 0:
+            p = np.round(rng.random(n) * int(rng.integers(1, 12))) / 7            # ties
+        elif trial % 3 == 1:
+            p = rng.random(n) + 0.3 * y
+        else:
+            p = np.full(n, 0.5) if trial % 2 else rng.integers(0, 3, n).astype(float)
+        if y.sum() == 0:
+            assert np.isnan(average_precision(y, p))
+            continue
+        assert average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+        assert average_precision(y.astype(np.float32), p.astype(np.float32)) == pytest.approx(
+            average_precision_score(y, p.astype(np.float32)), abs=1e-12)
+    y, p = random_case(3, n=2000)
+    ap = per_class(y, p)
+    assert np.isnan(ap[2]) and ap[[0, 1, 3]] == pytest.approx(
+        [average_precision_score(y[:, c], p[:, c]) for c in (0, 1, 3)], abs=1e-12)
+    assert map_score(y, p) == pytest.approx(np.mean(ap[[0, 1, 3]]), abs=1e-12)
+    assert map_score(np.zeros((5, 2)), np.ones((5, 2)), empty=0.0) == 0.0
+    with pytest.raises(ValueError):                       # not finite: scikit-learn's own error, as before
+        average_precision(np.array([0, 1]), np.array([0.1, np.nan]))
+
+
+def test_fast_f1_equals_sklearn_to_the_bit():
+    """metrics.f1_per_class counts (hand-written for speed) and gives scikit-learn's f1_score exactly:
+    per-class thresholds, one threshold, boolean hits, classes never predicted, no positive (NaN)."""
+    from cxrlt.metrics import f1_per_class
+
+    rng = np.random.default_rng(4)
+    y = (rng.random((500, 6)) < [0.3, 0.05, 0.0, 0.6, 0.01, 1.0]).astype(int)
+    p = np.round(np.clip(y * 0.3 + rng.random((500, 6)) * 0.7, 0, 1), 2)
+    for t in (0.5, rng.random(6), np.array([0.5, 2.0, 0.1, 0.0, 0.99, 0.7])):
+        got = f1_per_class(y, p, t)
+        tt = np.broadcast_to(t, (6,))
+        for c in range(6):
+            if y[:, c].sum() == 0:
+                assert np.isnan(got[c])
+            else:
+                assert got[c] == f1_score(y[:, c], p[:, c] >= tt[c], zero_division=0.0)
+    hits = p >= 0.4
+    assert np.array_equal(f1_per_class(y, hits, 0.5),
+                          [f1_score(y[:, c], hits[:, c], zero_division=0.0) if y[:, c].any() else np.nan
+                           for c in range(6)], equal_nan=True)
+
+
+def test_fast_auc_equals_sklearn():
+    from cxrlt.metrics import roc_auc
+
+    rng = np.random.default_rng(6)
+    for trial in range(150):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.choice([0.01, 0.2, 0.5, 0.95])).astype(int)
+        y[0], y[-1] = 0, 1
+        p = rng.random(n) + 0.2 * y
+        if trial % 2:
+            p = np.round(p, 1)                                          # ties
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert roc_auc(y.astype(np.float32), p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)

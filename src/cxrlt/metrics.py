@@ -1,4 +1,8 @@
-"""Leaderboard metrics: per-class scikit-learn scores averaged over classes (docs/design.md, "Metrics").
+"""Leaderboard metrics: per-class scores averaged over classes (docs/design.md, "Metrics").
+
+AP, AUC and F1 are scikit-learn's `average_precision_score`, `roc_auc_score` and `f1_score`,
+hand-written for speed (one sort per class, counts for all classes; equality tested in
+tests/test_metrics.py).
 
 A class with no positive in the scored set has no AP: it is left out of every mean and named in
 `left_out`. Head / medium / tail groups come from training prevalence.
@@ -6,7 +10,56 @@ A class with no positive in the scored set has no AP: it is left out of every me
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+
+def _sklearn(name: str):
+    """A scikit-learn metric, imported when first used (importing sklearn.metrics costs seconds at start-up)."""
+    import sklearn.metrics
+
+    return getattr(sklearn.metrics, name)
+
+
+def roc_auc(y, p) -> float:
+    """ROC AUC of one class (both labels present): scikit-learn's `roc_auc_score`, hand-written for
+    speed as the Mann-Whitney count (ties count half) from one sort of the negatives; one exact
+    division of whole numbers, equal to scikit-learn's trapezoids to 1e-12 (tests/test_metrics.py).
+    Labels other than 0/1 or scores that are not finite go to scikit-learn."""
+    y, p = np.asarray(y), np.asarray(p, np.float64)
+    pos = y == 1
+    if y.ndim != 1 or y.shape != p.shape or not ((y == 0) | pos).all() or not np.isfinite(p).all() \
+            or pos.all() or not pos.any():
+        return float(_sklearn("roc_auc_score")(y, p))
+    neg = np.sort(p[~pos])
+    sp = p[pos]
+    below = np.searchsorted(neg, sp, side="left")
+    ties = np.searchsorted(neg, sp, side="right") - below
+    return float((2 * below.sum() + ties.sum()) / (2 * len(sp) * len(neg)))
+
+
+def f1_score(y, p, **kw):
+    return _sklearn("f1_score")(y, p, **kw)
+
+
+def average_precision(y, p) -> float:
+    """Average precision of one class: scikit-learn's `average_precision_score` (ties grouped as in
+    `precision_recall_curve`), hand-written for speed: one sort of the scores (no argsort), the
+    positives' distinct scores and a binary search. At a positive's score s, precision is
+    (positives scored >= s) / (images scored >= s); AP is its mean over the positives (a tie group
+    of k positives counts k times, scikit-learn's recall step). Equal to scikit-learn to 1e-12
+    (tests/test_metrics.py). Labels other than 0/1 or scores that are not finite go to
+    scikit-learn itself, which raises its usual error; a class without a positive is NaN here
+    (callers leave it out)."""
+    y, p = np.asarray(y), np.asarray(p, np.float64)
+    pos = y == 1
+    if y.ndim != 1 or y.shape != p.shape or not ((y == 0) | pos).all() or not np.isfinite(p).all():
+        return float(_sklearn("average_precision_score")(y, p))
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        return float("nan")
+    thr, gain = np.unique(p[pos], return_counts=True)                   # ascending distinct positive scores
+    above = len(p) - np.searchsorted(np.sort(p), thr, side="left")      # images scored >= each
+    tp = np.ascontiguousarray(np.cumsum(gain[::-1])[::-1])              # positives scored >= each
+    return float((gain * (tp / above)).sum() / n_pos)   # blend._MaskedScorer sums the same terms in the same order
 
 
 def prevalence_groups(counts, n_total) -> list[str]:
@@ -18,16 +71,19 @@ def prevalence_groups(counts, n_total) -> list[str]:
     return out
 
 
-def per_class(y: np.ndarray, p: np.ndarray, score=average_precision_score, need_negatives: bool = False):
-    """Per-class scores (NaN where undefined)."""
+def per_class(y: np.ndarray, p: np.ndarray, score=None, need_negatives: bool = False):
+    """Per-class scores (NaN where undefined); `score` (y, p) -> float, AP (`average_precision`) by default."""
+    score = average_precision if score is None else score
     y = np.asarray(y)
     p = np.asarray(p, dtype=np.float64)
+    # one copy with each class's column contiguous: the per-class work reads it many times
+    yt, pt = np.ascontiguousarray(y.T), np.ascontiguousarray(p.T)
     out = np.full(y.shape[1], np.nan)
     for c in range(y.shape[1]):
-        pos = y[:, c].sum()
+        pos = yt[c].sum()
         if pos == 0 or (need_negatives and pos == len(y)):
             continue
-        out[c] = score(y[:, c], p[:, c])
+        out[c] = score(yt[c], pt[c])
     return out
 
 
@@ -38,12 +94,23 @@ def map_score(y, p, empty: float = float("nan")) -> float:
 
 
 def f1_per_class(y, p, thresholds) -> np.ndarray:
+    """F1 of (p >= threshold) per class with a positive (NaN otherwise): scikit-learn's f1_score
+    (zero_division=0), hand-written for speed as its own formula 2 tp / (positives + predicted),
+    counted for all classes at once (equal to the last bit: tests/test_metrics.py). Labels other
+    than 0/1 go to scikit-learn."""
     y, p = np.asarray(y), np.asarray(p)
     t = np.broadcast_to(np.asarray(thresholds, np.float64), (y.shape[1],))
     out = np.full(y.shape[1], np.nan)
-    for c in range(y.shape[1]):
-        if y[:, c].sum() > 0:
-            out[c] = f1_score(y[:, c], p[:, c] >= t[c], zero_division=0.0)
+    if not ((y == 0) | (y == 1)).all():
+        for c in range(y.shape[1]):
+            if y[:, c].sum() > 0:
+                out[c] = f1_score(y[:, c], p[:, c] >= t[c], zero_division=0.0)
+        return out
+    truth, hit = y == 1, p >= t
+    positives, predicted = truth.sum(0), hit.sum(0)
+    tp = (truth & hit).sum(0)
+    has = positives > 0
+    out[has] = 2.0 * tp[has] / (positives[has] + predicted[has]).astype(np.float64)
     return out
 
 
@@ -55,7 +122,7 @@ def _nanmean(a) -> float:
 def mean_ap(y, p, names=None) -> dict:
     """mAP and mAUC (quick form used every epoch)."""
     ap = per_class(y, p)
-    auc = per_class(y, p, roc_auc_score, need_negatives=True)
+    auc = per_class(y, p, roc_auc, need_negatives=True)
     names = list(names) if names is not None else [str(i) for i in range(len(ap))]
     return dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), ap=dict(zip(names, ap.tolist())),
                 left_out=[n for n, a in zip(names, ap) if not np.isfinite(a)])
@@ -67,7 +134,7 @@ def evaluate(y, p, names, train_positives, n_train: int, thresholds=None, groups
     groups by training images, count_groups)."""
     y = np.asarray(y)
     ap = per_class(y, p)
-    auc = per_class(y, p, roc_auc_score, need_negatives=True)
+    auc = per_class(y, p, roc_auc, need_negatives=True)
     f1 = f1_per_class(y, p, 0.5)
     groups = list(groups) if groups is not None else prevalence_groups(train_positives, n_train)
     out = dict(mAP=_nanmean(ap), mAUC=_nanmean(auc), mF1=_nanmean(f1),
@@ -95,7 +162,7 @@ def zero_shot_figures(y, p, names, trained_map: float | None = None, agnostic=No
     score that does no better has learnt "abnormal film", not the finding. Labels without a positive
     are left out of the means and named."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    ap, auc = per_class(y, p), per_class(y, p, roc_auc_score, need_negatives=True)
+    ap, auc = per_class(y, p), per_class(y, p, roc_auc, need_negatives=True)
     prev = y.mean(0) if len(y) else np.full(y.shape[1], np.nan)
     scored = np.isfinite(ap)
     rng, rand = np.random.default_rng(seed), np.full(y.shape[1], np.nan)
@@ -141,8 +208,7 @@ def multiclass_metrics(y, p, names, train_counts, groups=(100, 1000)) -> dict:
     accuracy (recall), head / medium / tail accuracy (mean over the group's classes present) and
     their mean `avg`, `overall` (mean per-class accuracy), accuracy, balanced accuracy and
     macro-F1 (scikit-learn; over the classes present in the split or predicted)."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
+    accuracy_score, balanced_accuracy_score = _sklearn("accuracy_score"), _sklearn("balanced_accuracy_score")
     y, p = np.asarray(y), np.asarray(p, np.float64)
     true, pred = y.argmax(1), p.argmax(1)
     acc = class_accuracy(true, pred, y.shape[1])

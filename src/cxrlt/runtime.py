@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from cxrlt.errors import CxrltError
 
 
@@ -13,6 +11,8 @@ def precision_mode(section, key: str = "train.precision") -> str:
     p = "no" if section.precision in (False, None) else str(section.precision)  # YAML 1.1 reads a bare `no` as false
     if p not in ("no", "fp16", "bf16"):
         raise CxrltError(f"{key} must be no, fp16 or bf16, not '{p}'")
+    import torch   # here, not at the top: stages without a model (05-08) import this module and no torch
+
     if p != "no" and not torch.cuda.is_available():
         return "no"  # CPU autocast is slower than fp32 on most CPUs
     return p

@@ -6,7 +6,9 @@ names the file, row and column at fault.
 """
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,11 +215,20 @@ def _row(i: int) -> int:
     return i + 2
 
 
+# Checked tables of this process, keyed by file (path, size, CRC-32 of its bytes: a file rewritten
+# within the file system's timestamp granularity is still seen), split, label mode and dataset:
+# a stage reads the training CSV several times (folds, counts, OOF rows); it is parsed and checked
+# once. Callers get a copy (they may add columns). A few entries only: a training table is large.
+_READ_CACHE: dict = {}
+_READ_CACHE_SIZE = 3
+
+
 def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFrame:
     """Read and check one split's CSV.
 
     labels: "required" (train), "auto" (checked when the label columns are there: development),
-    "none" (ignored: test). Label columns come back as uint8 0/1.
+    "none" (ignored: test). Label columns come back as uint8 0/1. Parsed and checked once per
+    process while the file's bytes are unchanged; each call returns a copy.
     """
     path = spec.csv(split)
     if path is None:
@@ -226,7 +237,21 @@ def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFr
     if not path.is_file():
         raise CxrltError(f"{shown}: file not found (the {split} CSV of dataset '{spec.name}'; see input/README.md)")
     try:
-        df = read_table(path, dtype=str, keep_default_na=False)
+        data = path.read_bytes()
+    except OSError as e:
+        raise CxrltError(f"{shown}: cannot be read ({e.strerror or e})") from None
+    key = (str(path.resolve()), len(data), zlib.crc32(data), split, labels, repr(spec))
+    if key not in _READ_CACHE:
+        df = _read_split(spec, split, labels, io.BytesIO(data), shown)
+        while len(_READ_CACHE) >= _READ_CACHE_SIZE:
+            _READ_CACHE.pop(next(iter(_READ_CACHE)))
+        _READ_CACHE[key] = df
+    return _READ_CACHE[key].copy()
+
+
+def _read_split(spec: DatasetSpec, split: str, labels: str, data, shown: str) -> pd.DataFrame:
+    try:
+        df = read_table(data, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises several types for broken files
         raise CxrltError(f"{shown}: cannot be read as CSV ({str(e).splitlines()[0]})") from None
     need = [spec.id_col, spec.path_col, spec.patient_col] if split != "test" else [spec.id_col, spec.path_col]
@@ -261,16 +286,19 @@ def read_split(spec: DatasetSpec, split: str, labels: str = "auto") -> pd.DataFr
 def _check_labels(df: pd.DataFrame, spec: DatasetSpec, shown: str, cols=None) -> pd.DataFrame:
     df = df.copy()
     for col in spec.labels if cols is None else cols:
-        raw = df[col].str.strip()
-        val = raw.map(lambda s: spec.label_map.get(s, s))
-        num = pd.to_numeric(val, errors="coerce")
-        bad = ~num.isin([0, 1])
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
+        # each distinct cell text is stripped, mapped (data.label_map) and parsed once, then spread
+        # to the rows by its code: a column holds a handful of distinct texts, not 265k
+        codes, texts = pd.factorize(df[col], use_na_sentinel=False)
+        val = [spec.label_map.get(t.strip(), t.strip()) if isinstance(t, str) else t for t in texts]
+        num = pd.to_numeric(pd.Series(val, dtype=object), errors="coerce")
+        ok = num.isin([0, 1]).to_numpy()
+        if not ok.all():
+            bad = ~ok[codes]
+            i = int(np.flatnonzero(bad)[0])
             hint = " (map such values with data.label_map)" if spec.label_map == {} else ""
             raise CxrltError(f"{shown}: row {_row(i)}, column '{col}': label value '{df[col].iloc[i]}' is not 0 or 1"
                              f"{hint}; {int(bad.sum())} such cells in this column")
-        df[col] = num.astype(np.uint8)
+        df[col] = num.to_numpy(np.float64).astype(np.uint8)[codes]
     if spec.multiclass and cols is None:   # one label per image: exactly one 1 in the label columns
         n_pos = df[list(spec.labels)].to_numpy().sum(1)
         bad = np.flatnonzero(n_pos != 1)

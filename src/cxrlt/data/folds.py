@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from cxrlt.data.datasets import DatasetSpec
 from cxrlt.errors import CxrltError
@@ -21,6 +20,8 @@ def make_folds(df: pd.DataFrame, spec: DatasetSpec, k: int = 5, seed: int = 42) 
         raise CxrltError(f"folds.k={k}: the training CSV has only {len(patients)} patients; each fold needs at "
                          f"least 2 (folds.k <= {len(patients) // 2})")
     fold_of_patient = np.empty(len(patients), np.int64)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold   # here: it imports scikit-learn (slow start-up)
+
     splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for f, (_, held) in enumerate(splitter.split(np.zeros((len(patients), 1)), patients.to_numpy())):
         fold_of_patient[held] = f

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import check_task, label_matrix, read_split
@@ -67,6 +66,8 @@ def zero_shot_columns(members, fname: str, names) -> list[str]:
 def rank_normalise(p: np.ndarray) -> np.ndarray:
     """Per-class ranks scaled to [0, 1] (ties share their mean rank)."""
     n = len(p)
+    from scipy.stats import rankdata   # here: scipy.stats costs about a second at start-up
+
     return (rankdata(p, axis=0) - 1) / max(n - 1, 1)
 
 
@@ -88,20 +89,111 @@ def fit_weights(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40) -> np.
     from the best single member, so on the data it is fitted on it never scores below that member;
     weights are counts / steps: non-negative, summing to 1.
     """
-    scores = [_map(y, a) for a in arrays]
-    counts = np.zeros(len(arrays))
-    counts[int(np.argmax(scores))] = 1
-    total = arrays[int(np.argmax(scores))].copy()
-    best = max(scores)
+    return fit_weights_folds(y, arrays, steps)[0]
+
+
+class _MaskedScorer:
+    """mAP of one candidate blend on several row sets at once: all rows, and all but one fold. Each
+    fold's scores are sorted once (a sort of the values, no argsort); the images at or above a
+    positive's score are counted in every fold by binary search, and a row set's count is the sum
+    over its folds. The terms and their order are those of metrics.average_precision on the
+    restricted rows, so each figure is that function's to the last bit (tests/test_blend_submit.py),
+    for one sort of the rows instead of one per row set. Labels must be 0/1 and scores finite (else
+    the caller scores each row set alone, and scikit-learn raises its usual error)."""
+
+    def __init__(self, y: np.ndarray, folds):
+        folds = np.asarray(folds)
+        self.fold_ids = [int(f) for f in np.unique(folds)]
+        self.fold_rows = [np.flatnonzero(folds == f) for f in self.fold_ids]
+        self.pos = [np.flatnonzero(y[:, c] == 1) for c in range(y.shape[1])]
+        self.pos_fold = [folds[i] for i in self.pos]
+
+    def __call__(self, cand: np.ndarray, keys: list) -> dict:
+        n_cls = cand.shape[1]
+        ap = {k: np.full(n_cls, np.nan) for k in keys}
+        by_fold = []                                                     # (classes, fold rows), each row sorted
+        for rows in self.fold_rows:
+            part = np.ascontiguousarray(cand[rows].T)
+            part.sort(axis=1)
+            by_fold.append(part)
+        for c in range(n_cls):
+            if not len(self.pos[c]):
+                continue
+            ps = cand[self.pos[c], c]
+            o = np.argsort(ps)
+            ps, pf = ps[o], self.pos_fold[c][o]                          # positives ascending, with their folds
+            new = np.r_[True, ps[1:] != ps[:-1]]
+            thr, gid = ps[new], np.cumsum(new) - 1                       # distinct positive scores; each one's
+            above_f = {f: len(part[c]) - np.searchsorted(part[c], thr, side="left")
+                       for f, part in zip(self.fold_ids, by_fold)}      # images scored >= each, per fold
+            above_all = sum(above_f.values())
+            for k in keys:
+                g = gid if k is None else gid[pf != k]
+                if not len(g):
+                    continue
+                first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                at = g[first]                                            # this row set's thresholds, ascending
+                gain = np.diff(np.r_[first, len(g)])
+                above = above_all[at] if k is None else above_all[at] - above_f[k][at]
+                tp = np.ascontiguousarray(np.cumsum(gain[::-1])[::-1])
+                ap[k][c] = float((gain * (tp / above)).sum() / len(g))
+        return {k: float(np.nanmean(a)) if np.isfinite(a).any() else 0.0 for k, a in ap.items()}
+
+
+def fit_weights_folds(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40, folds=None):
+    """(weights fitted on all rows, {fold: weights fitted on the other folds} or {} without folds):
+    `fit_weights` on each row set, run side by side. Fits at the same point of the same path of
+    picks share their candidate blends (the same numbers, row for row), so each candidate is sorted
+    once for all of them (_MaskedScorer); a fit that has taken another path is scored alone. The
+    weights are those of separate fit_weights calls (tested)."""
+    y = np.asarray(y)
+    arrays = [np.asarray(a) for a in arrays]
+    keys = [None] + ([int(f) for f in np.unique(folds)] if folds is not None else [])
+    folds = np.asarray(folds) if folds is not None else None
+    rows = {k: None if k is None else folds != k for k in keys}
+    shared = len(keys) > 1 and np.isin(y, (0, 1)).all() and all(np.isfinite(a).all() for a in arrays)
+    scorer = _MaskedScorer(y, folds) if shared else None
+
+    def score(cand, ks) -> dict:
+        if scorer is not None and len(ks) > 1:
+            return scorer(cand, ks)
+        return {k: _map(y, cand) if rows[k] is None else _map(y[rows[k]], cand[rows[k]]) for k in ks}
+
+    single = [score(a, keys) for a in arrays]                           # each member alone, every row set
+    counts, best, path, done = {}, {}, {}, set()
+    for k in keys:
+        scores = [single[j][k] for j in range(len(arrays))]
+        counts[k] = np.zeros(len(arrays))
+        counts[k][int(np.argmax(scores))] = 1
+        best[k], path[k] = max(scores), (int(np.argmax(scores)),)
+    totals = {}                                                          # path -> sum of its members, in pick order
     for _ in range(steps - 1):
-        trial = [_map(y, (total + a) / (counts.sum() + 1)) for a in arrays]
-        j = int(np.argmax(trial))
-        if trial[j] < best - 1e-12:  # adding anything now hurts: stop
+        live = [k for k in keys if k not in done]
+        if not live:
             break
-        counts[j] += 1
-        total += arrays[j]
-        best = max(best, trial[j])
-    return counts / counts.sum()
+        groups: dict = {}
+        for k in live:
+            groups.setdefault(path[k], []).append(k)
+        new_totals = {}
+        for p, ks in groups.items():
+            total = totals[p] if p in totals else arrays[p[0]].copy()
+            trial = {k: [] for k in ks}
+            for a in arrays:
+                for k, v in score((total + a) / (len(p) + 1), ks).items():
+                    trial[k].append(v)
+            for k in ks:
+                j = int(np.argmax(trial[k]))
+                if trial[k][j] < best[k] - 1e-12:  # adding anything now hurts: stop
+                    done.add(k)
+                    continue
+                counts[k][j] += 1
+                best[k] = max(best[k], trial[k][j])
+                path[k] = p + (j,)
+                if path[k] not in new_totals:
+                    new_totals[path[k]] = total + arrays[j]
+        totals = new_totals
+    w = {k: counts[k] / counts[k].sum() for k in keys}
+    return w[None], {k: w[k] for k in keys[1:]}
 
 
 def blend_experiment(cfg: Config, force: bool = False) -> dict:
@@ -146,12 +238,12 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     if bc.mode == "fit" and len(np.unique(folds)) < 2:   # folds.scheme=given: no other fold to fit on
         weights, honest_map, honest_weights = fit_weights(y, arrays, int(bc.fit_steps)), float("nan"), None
     elif bc.mode == "fit":
-        weights = fit_weights(y, arrays, int(bc.fit_steps))
+        # the fit on all rows and one per held-out fold, side by side (sharing their sorts)
+        weights, per_fold = fit_weights_folds(y, arrays, int(bc.fit_steps), folds)
         honest = np.zeros_like(arrays[0])
         honest_weights = {}
         for f in np.unique(folds):
-            tr, te = folds != f, folds == f
-            w = fit_weights(y[tr], [a[tr] for a in arrays], int(bc.fit_steps))
+            te, w = folds == f, per_fold[int(f)]
             honest[te] = combine([a[te] for a in arrays], w, "mean")
             honest_weights[int(f)] = dict(zip(members, w.tolist()))
         honest_map = _map(y, honest)
