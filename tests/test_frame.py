@@ -113,3 +113,48 @@ def test_blend_refuses_a_member_whose_stage_was_killed_after_replacing_oof(blend
     with pytest.raises(CxrltError, match=rf"blend member '{a}': .*oof.csv is not the file metrics.json vouches for"):
         blend_experiment(cfg, force=True)
     assert json.loads((folder / "metrics.json").read_text())["mode"] == "mean"
+
+
+# ---- issue 27 case 6: a failing --force run leaves the finished fold as it was -------------------
+
+def fold_files(d):
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("bad", ["model.name=nonexistent_model", "train.lr=nan", "epoch"])
+def test_failing_forced_retrain_keeps_the_finished_fold(base, tmp_path, bad, monkeypatch):
+    from cxrlt.train import fold as fold_module
+    from cxrlt.train.fold import train_fold
+
+    short = ["train.epochs=1", "train.max_steps_per_epoch=2"]
+    train_fold(cfg_at(base, tmp_path, *short), 0, progress=False)
+    before = fold_files(tmp_path / "fold0")
+    assert {"best.pt", "last.pt", "log.csv", "done.json"} <= set(before)
+    if bad == "epoch":                                            # fails after the old run was set aside
+        def boom(*a, **k):
+            raise RuntimeError("the first epoch failed")
+        monkeypatch.setattr(fold_module, "run_epochs", boom)
+        cfg = cfg_at(base, tmp_path, *short)
+    else:
+        cfg = cfg_at(base, tmp_path, *short, bad)
+    with pytest.raises(Exception):
+        train_fold(cfg, 0, progress=False, force=True)
+    assert fold_files(tmp_path / "fold0") == before
+    assert not (tmp_path / "fold0" / ASIDE).exists()
+    monkeypatch.undo()
+    assert train_fold(cfg_at(base, tmp_path, *short), 0, progress=False)["skipped"]
+
+
+# ---- issue 27 case 2: a fold finished from random init does not satisfy require_pretrained ------
+
+def test_fold_from_random_init_is_not_finished_for_a_recipe_requiring_pretrained(base, tmp_path):
+    from cxrlt.train.fold import train_fold
+
+    short = ["train.epochs=1", "train.max_steps_per_epoch=2"]
+    r = train_fold(cfg_at(base, tmp_path, *short, "model.pretrained=false"), 0, progress=False)
+    assert json.loads((tmp_path / "fold0" / "done.json").read_text())["init"] == r["init"] == "random"
+    strict = cfg_at(base, tmp_path, *short, "model.pretrained=true", "model.require_pretrained=true")
+    with pytest.raises(CxrltError, match=r"fold 0 started from random init .*model.require_pretrained=true; "
+                                         r"retrain it with --force"):
+        train_fold(strict, 0, progress=False)
+    assert train_fold(cfg_at(base, tmp_path, *short), 0, progress=False)["skipped"]   # the recipe it was made for
