@@ -20,7 +20,6 @@ scored CSV has their labels; the trained classes' figures are unchanged by them.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
