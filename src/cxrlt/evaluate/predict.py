@@ -57,9 +57,6 @@ def _checkpoints(cfg: Config) -> dict:
             what = "no checkpoint" if not p.is_file() else "not finished (no done.json beside"
             raise CxrltError(f"fold {k}: {what} {display_path(p)}{')' if p.is_file() else ''}; train it with "
                              f"{rerun_hint(cfg, '03_train.py', '--fold', str(k))}")
-        # done.json vouches for best.pt (checkpoints of folds finished before it did are taken as they are)
-        verified(p.parent / "done.json", ["best.pt"], rerun_hint(cfg, '03_train.py', '--fold', str(k), '--force'),
-                 strict=False)
         out[k] = p
     return out
 
@@ -160,6 +157,9 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
         raise CxrltError(f"{display_path(out)}: its folds started from different weights ("
                          + ", ".join(f"fold {k}: {v}" for k, v in inits.items())
                          + f"); retrain the odd ones with {rerun_hint(cfg, '03_train.py', '--fold', 'K', '--force')}")
+    for k, path in ckpts.items():   # done.json vouches for best.pt (older done.json files record no outputs)
+        verified(path.parent / "done.json", [path.name], rerun_hint(cfg, "03_train.py", "--fold", str(k), "--force"),
+                 strict=False)
     full = _full_fit(cfg, spec)
     if full is not None:
         loaded[FULL] = full
