@@ -15,7 +15,9 @@ from cxrlt.ensemble.blend import blend_experiment, combine, fit_weights
 from cxrlt.ensemble.submission import check_file, make_submission
 from cxrlt.ensemble.thresholds import best_threshold, ece, fit_temperature, tune_thresholds
 from cxrlt.errors import CxrltError
+from cxrlt.fileio import stamps
 from cxrlt.metrics import per_class
+from cxrlt.stage import seal
 
 
 def noisy(y, quality, rng):
@@ -110,7 +112,7 @@ def fake_member(cfg, out, quality, seed):
     tp = pd.DataFrame(rng.random((len(test), 26)), columns=LABELS_2023)
     tp.insert(0, "dicom_id", test.dicom_id)
     tp.to_csv(out / "test.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps({"mAP": 0.5}))
+    seal(out / "metrics.json", {"mAP": 0.5}, [out / "oof.csv", out / "test.csv"])   # what stage 04 vouches for
     return out
 
 
@@ -132,6 +134,7 @@ def test_blend_stage(base, tmp_path):
     # members whose ids are in another order are refused
     t = pd.read_csv(b / "oof.csv")
     t.iloc[::-1].to_csv(b / "oof.csv", index=False)
+    seal(b / "metrics.json", {"mAP": 0.5}, [b / "oof.csv", b / "test.csv"])
     with pytest.raises(CxrltError, match="ids differ or are in another order"):
         blend_experiment(bl)
 
@@ -230,7 +233,8 @@ def test_check_cli_exit_codes(submitted):
 def test_binary_submission_uses_thresholds(submitted):
     cfg, r, tmp = submitted
     exp = tmp / "exp"
-    (exp / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.5 for c in LABELS_2023}}))
+    (exp / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.5 for c in LABELS_2023},
+                                                     "inputs": stamps({"oof.csv": exp / "oof.csv"})}))
     rb = make_submission(cfg, binary=True)
     sub = pd.read_csv(rb["csv"])
     assert set(np.unique(sub[LABELS_2023].to_numpy())) <= {0, 1} and rb["csv"].name.endswith("_binary.csv")
@@ -249,6 +253,7 @@ def test_submission_for_other_presets(tmp_path, preset, labels, id_col):
     p = pd.DataFrame(np.random.default_rng(0).random((7, len(labels))), columns=labels)
     p.insert(0, id_col, ids[::-1])                                       # any row order in test.csv
     p.to_csv(exp / "test.csv", index=False)
+    seal(exp / "metrics.json", {}, [exp / "test.csv"])
     cfg = load_config(ROOT / "experiments" / "demo.yaml", [f"data.preset={preset}", f"data.input_dir={tmp_path}",
                                                            f"output_dir={exp}", f"submission.dir={tmp_path / 's'}"])
     r = make_submission(cfg)

@@ -11,6 +11,7 @@ from sklearn.isotonic import IsotonicRegression
 from cxrlt.config import load_config
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.ensemble.thresholds import apply_calibration, ece, fit_calibration, tune_thresholds
+from cxrlt.stage import seal
 
 
 def miscalibrated(n, power, rng):
@@ -83,6 +84,7 @@ def test_stage_06_isotonic_saves_calibrators_that_reproduce_its_ece(tiny_root, t
     oof["fold"] = np.arange(len(train)) % 3
     (tmp_path / "e").mkdir()
     oof.to_csv(tmp_path / "e" / "oof.csv", index=False)
+    seal(tmp_path / "e" / "metrics.json", {}, [tmp_path / "e" / "oof.csv"])   # as stage 04 vouches for it
     res = run_script("src/06_thresholds.py", "--config", DEMO, *ov)
     assert res.returncode == 0, res.stderr
     assert "isotonic calibration: ECE" in res.stdout and "(honest: calibrators from the other folds)" in res.stdout

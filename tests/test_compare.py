@@ -13,6 +13,7 @@ from cxrlt.data.labels import LABELS_2023
 from cxrlt.ensemble.compare import COLUMNS, compare_experiments
 from cxrlt.ensemble.thresholds import best_threshold, fit_thresholds
 from cxrlt.errors import CxrltError
+from cxrlt.fileio import stamps
 from cxrlt.metrics import evaluate
 
 
@@ -45,12 +46,17 @@ def fake_experiment(root, out, name, quality, seed, folds=None, dev_map=None):
     m = evaluate(y, p, LABELS_2023, y.sum(0), len(y))              # what stage 04 writes
     if dev_map is not None:
         m["development"] = {"mAP": dev_map}
-    (out / "metrics.json").write_text(json.dumps(m))
+    vouch(out, m)
     for k, secs in enumerate(([30.0, 45.0], [60.0])):
         (out / f"fold{k}").mkdir()
         log = pd.DataFrame({"epoch": range(1, len(secs) + 1), "time_s": secs})
         log.to_csv(out / f"fold{k}" / "log.csv", index=False)
     return cfg
+
+
+def vouch(out, m):
+    """metrics.json as stage 04 writes it last: its figures and the stamps of the outputs it vouches for."""
+    (out / "metrics.json").write_text(json.dumps(dict(m, outputs=stamps({"oof.csv": out / "oof.csv"}))))
 
 
 def direct(exp, root):
@@ -145,6 +151,7 @@ def test_fold_figures_wins_and_patient_bootstrap_against_the_baseline(root, tmp_
     oof = pd.read_csv(tmp_path / "drift" / "oof.csv", dtype={"dicom_id": str})
     oof.loc[oof.fold == 1, LABELS_2023] = oof.loc[oof.fold == 1, LABELS_2023] * 0.3
     oof.to_csv(tmp_path / "drift" / "oof.csv", index=False)
+    vouch(tmp_path / "drift", json.loads((tmp_path / "drift" / "metrics.json").read_text()))
     r = compare_experiments([*cfgs, drift], tmp_path / "cmp", baseline="a")
     table = pd.read_csv(tmp_path / "cmp" / "table.csv").set_index("recipe")
     folds = {n: per_fold_sklearn(tmp_path / n, root) for n in ("a", "b", "twin", "drift")}

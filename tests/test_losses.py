@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import ROOT
 
 from cxrlt.config import Config
 from cxrlt.schema import defaults as recipe_defaults

@@ -3,7 +3,6 @@ built from the recipe's loss section, and able to train a tiny model."""
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cxrlt.config import Config
 from cxrlt.schema import defaults as recipe_defaults

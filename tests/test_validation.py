@@ -14,8 +14,9 @@ from cxrlt.ensemble.blend import blend_experiment
 from cxrlt.ensemble.thresholds import tune_thresholds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.normalise import FoldNormaliser, check_method
-from cxrlt.evaluate.validation import DRIFT_MARGIN, drift_check, figure_lines, fold_summary, view_figures, view_groups
+from cxrlt.evaluate.validation import DRIFT_MARGIN, best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
 from cxrlt.metrics import evaluate, map_score
+from cxrlt.stage import seal
 
 NAMES = [f"c{i}" for i in range(6)]
 
@@ -173,7 +174,7 @@ def member(cfg, out, quality, seed, dev_perfect=False):
         t = pd.DataFrame(p, columns=LABELS_2023)
         t.insert(0, "dicom_id", df.dicom_id)
         t.to_csv(out / f"{split}.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps({"mAP": 0.5}))
+    seal(out / "metrics.json", {"mAP": 0.5}, [out / f for f in ("oof.csv", "test.csv", "development.csv")])
     return out
 
 
@@ -192,3 +193,14 @@ def test_development_set_is_never_fitted_on(base, tmp_path):
     (w0, h0, t0, o0), (w1, h1, t1, o1) = results
     assert list(w0.values()) == list(w1.values()) and t0 == t1 and o0 == o1
     assert [list(v.values()) for v in h0.values()] == [list(v.values()) for v in h1.values()]
+
+
+def test_best_epoch_of_a_log_is_the_training_rule_not_val_map(tmp_path):
+    """Without done.json the best epoch comes from log.csv by train.epochs.best_index: val_score
+    (balanced accuracy for a multiclass task), which may peak at another epoch than val mAP."""
+    (tmp_path / "fold0").mkdir()
+    pd.DataFrame(dict(epoch=[1, 2, 3], val_mAP=[0.6, 0.5, 0.4], val_bAcc=[0.3, 0.7, 0.5],
+                      val_score=[0.3, 0.7, 0.5])).to_csv(tmp_path / "fold0" / "log.csv", index=False)
+    (tmp_path / "fold1").mkdir()
+    pd.DataFrame(dict(epoch=[1, 2], val_mAP=[0.4, 0.6])).to_csv(tmp_path / "fold1" / "log.csv", index=False)  # older log
+    assert best_epochs(tmp_path, [0, 1, 2]) == {0: 2, 1: 2, 2: None}

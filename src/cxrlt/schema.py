@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError

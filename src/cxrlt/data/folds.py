@@ -94,10 +94,10 @@ def folds_path(cfg, spec: DatasetSpec):
 def build_folds(cfg, force: bool = False) -> dict:
     """Stage 02 under the folds file's lock: a second run on the same folds stops at once."""
     from cxrlt.data.experiment import Experiment
-    from cxrlt.locks import exclusive
+    from cxrlt.stage import stage_frame
 
     path = folds_path(cfg, Experiment.of(cfg).spec)
-    with exclusive(path.with_name(f".{path.name}.lock"), f"folds file {path.name}"):
+    with stage_frame(path.parent, None, f"folds file {path.name}", force=force, lock=path.with_name(f".{path.name}.lock")):
         return _build_folds(cfg, force)
 
 
@@ -106,12 +106,11 @@ def _build_folds(cfg, force: bool = False) -> dict:
     from cxrlt.config import rerun_hint, save_resolved
     from cxrlt.data.datasets import read_split
     from cxrlt.data.experiment import Experiment
-    from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
+    from cxrlt.fileio import display_path, write_csv
 
     spec = Experiment.of(cfg).spec
     df = read_split(spec, "train", labels="required")
     path = folds_path(cfg, spec)
-    remove_stale_tmp(path.parent)
     skipped = False
     if path.is_file() and not force:
         folds = read_folds(path, spec, df, k=int(cfg.folds.k))

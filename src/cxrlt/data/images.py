@@ -340,10 +340,10 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
 def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
     """Stage 01 under the cache folder's lock: a second run on the same cache stops at once."""
     from cxrlt.data.experiment import Experiment
-    from cxrlt.locks import exclusive
+    from cxrlt.stage import stage_frame
 
     folder = Cache.from_config(cfg, Experiment.of(cfg).spec.name).folder
-    with exclusive(folder.parent / f".{folder.name}.lock", f"image cache {folder.name}"):
+    with stage_frame(folder, None, f"image cache {folder.name}", force=force, lock=folder.parent / f".{folder.name}.lock"):
         return _prepare_dataset_cache(cfg, force, progress)
 
 
@@ -363,11 +363,10 @@ def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> d
     from cxrlt.data.datasets import SPLITS, image_paths, missing_images, read_split
     from cxrlt.data.experiment import Experiment
     from cxrlt.errors import CxrltError
-    from cxrlt.fileio import display_path, remove_stale_tmp, write_csv
+    from cxrlt.fileio import display_path, write_csv
 
     spec = Experiment.of(cfg).spec
     cache = Cache.from_config(cfg, spec.name)
-    remove_stale_tmp(cache.folder)
     frames, notes = {}, []
     for split in SPLITS:
         path = spec.csv(split)

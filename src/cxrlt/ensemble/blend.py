@@ -9,7 +9,6 @@ K-1 folds, scored on the held-out fold.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,10 @@ from cxrlt.data.splits import oof_table, training_counts
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.experiment import experiment_dir, experiment_path
-from cxrlt.fileio import display_path, intact, read_header, remove_stale_tmp, stamps, to_json, write_text
-from cxrlt.locks import exclusive
+from cxrlt.fileio import display_path, read_header, stamps, to_json, write_text
 from cxrlt.metrics import evaluate, map_score
 from cxrlt.runtime import is_main_process
+from cxrlt.stage import stage_frame, verified
 
 
 def member_dir(name: str) -> Path:
@@ -32,17 +31,29 @@ def member_dir(name: str) -> Path:
     return experiment_path(name)
 
 
+def member_file(m: str, fname: str) -> Path:
+    """A member's prediction file, after checking that its stage 04 (or 05) vouches for it: a member
+    whose stage was killed after rewriting the file, before its metrics.json, is a one-line error."""
+    d = member_dir(m)
+    path = d / fname
+    if not path.is_file():
+        raise CxrltError(f"blend member '{m}': {display_path(path)} not found; run src/04_predict.py for it")
+    try:
+        verified(d / "metrics.json", [fname], "stage 04 for it (src/04_predict.py; src/05_blend.py for a blend)")
+    except CxrltError as e:
+        raise CxrltError(f"blend member '{m}': {e}") from None
+    return path
+
+
 def load_members(members, labels, id_col, split: str):
     """{member: (N, C) array} of one split, after asserting every member has the same ids, order
     (and, for OOF, the same folds). Returns (ids, folds or None, arrays)."""
     frames = {}
     for m in members:
-        path = member_dir(m) / {"oof": "oof.csv", "test": "test.csv", "dev": "development.csv"}[split]
-        if not path.is_file():
-            if split == "dev":
-                return None
-            raise CxrltError(f"blend member '{m}': {display_path(path)} not found; run src/04_predict.py for it")
-        frames[m] = read_predictions(path, labels, id_col)
+        fname = {"oof": "oof.csv", "test": "test.csv", "dev": "development.csv"}[split]
+        if split == "dev" and not (member_dir(m) / fname).is_file():
+            return None
+        frames[m] = read_predictions(member_file(m, fname), labels, id_col)
     first_name, first = next(iter(frames.items()))
     for m, df in frames.items():
         if list(df[id_col]) != list(first[id_col]):
@@ -198,12 +209,12 @@ def fit_weights_folds(y: np.ndarray, arrays: list[np.ndarray], steps: int = 40, 
 
 def blend_experiment(cfg: Config, force: bool = False) -> dict:
     """Stage 05 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
-    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 05)",
-                   enabled=is_main_process()):
-        return _blend_experiment(cfg, force)
+    with stage_frame(experiment_dir(cfg), "metrics.json", f"experiment '{cfg.name}' (stage 05)", force=force,
+                     main=is_main_process()) as frame:
+        return _blend_experiment(cfg, frame)
 
 
-def _blend_experiment(cfg: Config, force: bool = False) -> dict:
+def _blend_experiment(cfg: Config, frame) -> dict:
     bc = cfg.blend
     members = list(bc.members or [])
     if len(members) < 1:
@@ -216,11 +227,10 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
         raise CxrltError("blend.mode=rank ranks each class apart, which breaks the argmax of data.task=multiclass; "
                          "use mean or fit")
     names, id_col = list(spec.labels), spec.id_col
-    out = experiment_dir(cfg)
-    remove_stale_tmp(out)   # left by a run killed mid-write
+    out = frame.folder
     train = oof_table(cfg, spec)      # the rows the members' oof.csv cover (training CSV, or the given validation CSV)
     if bc.mode == "route":
-        return _route(cfg, spec, train, members, out, force)
+        return _route(cfg, spec, train, members, frame)
     ids, folds, oof = load_members(members, names, id_col, "oof")
     if ids != train[id_col].tolist():
         raise CxrltError("blend: the members' OOF ids are not the training CSV's ids in order (members trained with "
@@ -228,10 +238,9 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     inputs = stamps({f"{m}/{f}": member_dir(m) / f for m in members for f in ("oof.csv", "test.csv", "development.csv")
                      if (member_dir(m) / f).is_file()})
     settings = dict(members=members, mode=bc.mode, fit_steps=int(bc.fit_steps))
-    if (out / "metrics.json").is_file() and not force:
-        old = json.loads((out / "metrics.json").read_text())
-        if old.get("inputs") == inputs and old.get("settings") == settings and intact(old.get("outputs"), out):
-            return dict(old, dir=out, skipped=True)
+    old = frame.vouched(inputs=inputs, settings=settings)
+    if old is not None:
+        return dict(old, dir=out, skipped=True)
     y = label_matrix(spec, train)
     arrays = [oof[m] for m in members]
     member_map = {m: _map(y, a) for m, a in oof.items()}
@@ -272,9 +281,7 @@ def _blend_experiment(cfg: Config, force: bool = False) -> dict:
     write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],
                                                        honest_weights=honest_weights), indent=1))
     # written last, vouching for every output: a blend killed half-way is redone, never "up to date"
-    result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
-                                if (out / f).is_file()})
-    write_text(out / "metrics.json", to_json(result, indent=1))
+    result = frame.seal(result, outputs=[out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")])
     return dict(result, dir=out, skipped=False)
 
 
@@ -295,14 +302,14 @@ def _member_views(m: str) -> list[str] | None:
     return [str(v).strip().upper() for v in views] if views else None
 
 
-def _route(cfg, spec, train, members, out, force) -> dict:
+def _route(cfg, spec, train, members, frame) -> dict:
     """Blend mode `route`: each image's prediction from the member trained on its view (the
     all-view member for other views or without a view column), then study aggregation when the
     recipe asks for it. Figures overall and per view group."""
     from cxrlt.evaluate.predictions import aggregate_studies, route_rows
     from cxrlt.evaluate.validation import view_figures, view_groups
 
-    names, id_col = list(spec.labels), spec.id_col
+    names, id_col, out = list(spec.labels), spec.id_col, frame.folder
     views = {m: _member_views(m) for m in members}
     files = {s: f for s, f in (("oof", "oof.csv"), ("test", "test.csv"), ("dev", "development.csv"))}
     inputs = stamps({**{f"{m}/{f}": member_dir(m) / f for m in members for f in files.values()
@@ -311,22 +318,18 @@ def _route(cfg, spec, train, members, out, force) -> dict:
     settings = dict(members=members, mode="route", views={m: v for m, v in views.items()},
                     study_aggregation=bool(cfg.predict.study_aggregation), view_weights=dict(cfg.predict.view_weights),
                     other_view_weight=float(cfg.predict.other_view_weight))
-    if (out / "metrics.json").is_file() and not force:
-        old = json.loads((out / "metrics.json").read_text())
-        if old.get("inputs") == inputs and old.get("settings") == settings and intact(old.get("outputs"), out):
-            return dict(old, dir=out, skipped=True)
+    old = frame.vouched(inputs=inputs, settings=settings)
+    if old is not None:
+        return dict(old, dir=out, skipped=True)
     pc = cfg.predict
 
     def routed(split: str, table):
         """Routed (and aggregated) predictions of `table`'s rows, folds for OOF; None if absent."""
         frames = {}
         for m in members:
-            path = member_dir(m) / files[split]
-            if not path.is_file():
-                if split == "dev":
-                    return None
-                raise CxrltError(f"blend member '{m}': {display_path(path)} not found; run src/04_predict.py for it")
-            frames[m] = read_predictions(path, names, id_col).set_index(id_col)
+            if split == "dev" and not (member_dir(m) / files[split]).is_file():
+                return None
+            frames[m] = read_predictions(member_file(m, files[split]), names, id_col).set_index(id_col)
         vcol = spec.view_col if spec.view_col and spec.view_col in table.columns else None
         pick = route_rows(table[vcol] if vcol else [None] * len(table), views)
         ids = table[id_col].astype(str).tolist()
@@ -371,7 +374,5 @@ def _route(cfg, spec, train, members, out, force) -> dict:
     save_resolved(cfg, out / "config.yaml")
     write_text(out / "weights.json", to_json(dict(mode="route", weights=result["weights"], views=result["views"]),
                                               indent=1))
-    result["outputs"] = stamps({f: out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")
-                                if (out / f).is_file()})
-    write_text(out / "metrics.json", to_json(result, indent=1))
+    result = frame.seal(result, outputs=[out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")])
     return dict(result, dir=out, skipped=False)

@@ -32,6 +32,7 @@ from cxrlt.evaluate.validation import METRICS, best_epochs, drift_check, fold_su
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, project_path, read_table, save_figure, write_csv, write_text
 from cxrlt.metrics import evaluate, map_score, prevalence_groups
+from cxrlt.stage import stage_frame, verified
 
 FIGURES = [c for m in METRICS for c in (m, f"{m}_folds", f"{m}_folds_std")]
 DIFFS = ["d_mAP", "d_mAP_lo", "d_mAP_hi", "d_mAP_real", "d_mAP_folds", "folds_won",
@@ -71,6 +72,15 @@ def train_minutes(exp: Path) -> float:
     return total / 60 if seen else float("nan")
 
 
+def _vouched(cfg: Config, exp: Path, files: list[str], rerun: str) -> dict:
+    """metrics.json of a recipe after checking that it vouches for `files` as they are now (a stage
+    04/05 killed after rewriting them, before its metrics.json, is a one-line error)."""
+    try:
+        return verified(exp / "metrics.json", [f for f in files if f == "oof.csv" or (exp / f).is_file()], rerun)
+    except CxrltError as e:
+        raise CxrltError(f"recipe '{cfg.name}': {e}") from None
+
+
 def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame, dict]:
     """One experiment's figures; its OOF id and fold columns (for the same-folds check); and the
     per-fold mAPs and, with n_boot, per-class AP on each patient resample (for the differences)."""
@@ -81,7 +91,7 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
         if not (exp / f).is_file():
             raise CxrltError(f"recipe '{cfg.name}': {display_path(exp / f)} not found; run "
                              f"src/{stage}.py --config {display_path(cfg.recipe)}")
-    m = json.loads((exp / "metrics.json").read_text())
+    m = _vouched(cfg, exp, ["oof.csv"], f"src/{stage}.py --config {display_path(cfg.recipe)} --force")
     train = oof_table(cfg, spec)   # the OOF rows: a specialist's views; the validation CSV with folds.scheme=given
     oof = read_predictions(exp / "oof.csv", spec.labels, spec.id_col, ids=train[spec.id_col])
     if "fold" not in oof.columns:
@@ -126,6 +136,12 @@ def compare_experiments(cfgs: list[Config], out: str | Path, baseline: str | Non
 
     Returns dict(table=DataFrame in COLUMNS order, markdown=str, dir=Path, files=[paths]).
     """
+    out = Path(out)
+    with stage_frame(out, None, f"comparison {out.name} (stage 08)"):
+        return _compare_experiments(cfgs, out, baseline)
+
+
+def _compare_experiments(cfgs: list[Config], out: Path, baseline: str | None) -> dict:
     names = [c.name for c in cfgs]
     if not cfgs:
         raise CxrltError("no recipes to compare")
@@ -286,7 +302,8 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
         if not mfile.is_file():
             raise CxrltError(f"recipe '{cfg.name}': {display_path(mfile)} not found; run src/04_predict.py --config "
                              f"{display_path(cfg.recipe)}")
-        m = json.loads(mfile.read_text())
+        m = _vouched(cfg, exp, ["oof.csv", "development.csv", "test.csv"],
+                     f"src/04_predict.py --config {display_path(cfg.recipe)} --force")
         mc = m.get("multiclass") or {}
         missing = [k for k in ("development", "test") if k not in mc]
         if missing:

@@ -26,10 +26,12 @@ from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import read_split
 from cxrlt.data.experiment import Experiment
 from cxrlt.errors import CxrltError, clip
+from cxrlt.ensemble.thresholds import predictions_stage
 from cxrlt.experiment import experiment_dir
 from cxrlt.fileio import display_path, first_line, project_path, read_header, read_table, write_atomic, write_csv
-from cxrlt.locks import exclusive, holder, sign_holder
+from cxrlt.locks import holder, sign_holder
 from cxrlt.runtime import is_main_process
+from cxrlt.stage import stage_frame, verified
 
 
 def expected_ids(spec) -> list[str]:
@@ -145,8 +147,7 @@ def check_file(cfg: Config, path: str | Path) -> int:
 
 def make_submission(cfg: Config, binary: bool = False, name: str | None = None) -> dict:
     """Stage 07 under the experiment's lock: a second run for the same experiment stops at once."""
-    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 07)",
-                   enabled=is_main_process()):
+    with stage_frame(experiment_dir(cfg), None, f"experiment '{cfg.name}' (stage 07)", main=is_main_process()):
         return _make_submission(cfg, binary, name)
 
 
@@ -157,6 +158,8 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
     if not src.is_file():
         raise CxrltError(f"{display_path(src)} not found: run {rerun_hint(cfg, '04_predict.py')} "
                          f"(src/05_blend.py for a blend)")
+    # test.csv as its stage vouched for it, and that stage's figures for the log
+    metrics = verified(exp / "metrics.json", ["test.csv"], predictions_stage(cfg, "--force"))
     ids = expected_ids(spec)
     pred = read_table(src, spec.id_col)
     got = pred[spec.id_col] if spec.id_col in pred.columns else pd.Series([], dtype=str)
@@ -175,7 +178,11 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
         if not tfile.is_file():
             raise CxrltError(f"{display_path(tfile)} not found: run {rerun_hint(cfg, '06_thresholds.py')} first, "
                              f"or drop --binary")
-        t = json.loads(tfile.read_text())["thresholds"]
+        tuned = json.loads(tfile.read_text())
+        if tuned.get("inputs", {}).get("oof.csv") != metrics["outputs"].get("oof.csv"):
+            raise CxrltError(f"{display_path(tfile)} was tuned on another oof.csv than the one that goes with "
+                             f"test.csv (stage 04/05 redone since); re-run {rerun_hint(cfg, '06_thresholds.py')}")
+        t = tuned["thresholds"]
         untuned = [c for c in labels if c not in t]
         if untuned:   # thresholds are tuned on OOF labels, which a zero-shot finding does not have
             raise CxrltError(f"{display_path(tfile)}: no threshold for '{untuned[0]}' (a label without OOF labels, "
@@ -194,7 +201,6 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
 
     write_atomic(zip_path, write_zip)
     sha = hashlib.sha256(zip_path.read_bytes()).hexdigest()
-    metrics = json.loads((exp / "metrics.json").read_text()) if (exp / "metrics.json").is_file() else {}
     members = ",".join(metrics.get("members", {}) or [cfg.name])
     append_log(folder / "log.csv", dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), file=zip_path.name, sha256=sha,
                                         members=members, oof_mAP=metrics.get("mAP"),

@@ -9,8 +9,6 @@ Thresholds are always fitted on the uncalibrated probabilities.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from cxrlt.config import Config, rerun_hint
@@ -20,10 +18,10 @@ from cxrlt.data.splits import oof_table
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.experiment import experiment_dir
-from cxrlt.fileio import display_path, remove_stale_tmp, stamps, to_json, write_text
-from cxrlt.locks import exclusive
+from cxrlt.fileio import display_path, stamps
 from cxrlt.metrics import f1_per_class
 from cxrlt.runtime import is_main_process
+from cxrlt.stage import stage_frame, verified
 
 
 def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -163,12 +161,19 @@ def fit_calibration(method: str, y: np.ndarray, p: np.ndarray, folds: np.ndarray
 
 def tune_thresholds(cfg: Config, force: bool = False) -> dict:
     """Stage 06 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
-    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 06)",
-                   enabled=is_main_process()):
-        return _tune_thresholds(cfg, force)
+    with stage_frame(experiment_dir(cfg), "thresholds.json", f"experiment '{cfg.name}' (stage 06)", force=force,
+                     main=is_main_process()) as frame:
+        return _tune_thresholds(cfg, frame)
 
 
-def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
+def predictions_stage(cfg: Config, *extra: str) -> str:
+    """The command that redoes the stage which writes this recipe's oof.csv and test.csv: stage 05
+    for a blend recipe (blend.members), else stage 04."""
+    blend = bool(cfg.blend.members)
+    return rerun_hint(cfg, "05_blend.py" if blend else "04_predict.py", *extra)
+
+
+def _tune_thresholds(cfg: Config, frame) -> dict:
     spec = Experiment.of(cfg).spec
     names, id_col = list(spec.labels), spec.id_col
     if "temperature" in cfg.thresholds:
@@ -176,22 +181,21 @@ def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
     method = str(cfg.thresholds.calibration)
     if method not in CALIBRATIONS:
         raise CxrltError(f"thresholds.calibration '{method}' is not one of {', '.join(CALIBRATIONS)}")
-    out = experiment_dir(cfg)
-    remove_stale_tmp(out)   # left by a run killed mid-write
+    out = frame.folder
     train = oof_table(cfg, spec)
     oof_path = out / "oof.csv"
     if not oof_path.is_file():
         raise CxrltError(f"{display_path(oof_path)} not found: run {rerun_hint(cfg, '04_predict.py')} "
                          f"(src/05_blend.py for a blend) first")
+    # oof.csv as its stage vouched for it: one left by a stage killed before its metrics.json is refused
+    verified(out / "metrics.json", ["oof.csv"], predictions_stage(cfg, "--force"))
     oof = read_predictions(oof_path, names, id_col, ids=train[id_col])
     if "fold" not in oof.columns:
         raise CxrltError(f"{display_path(oof_path)}: no fold column")
-    target = out / "thresholds.json"
     inputs = stamps({"oof.csv": oof_path})
-    if target.is_file() and not force and (out / "f1_per_class.png").is_file():
-        old = json.loads(target.read_text())
-        if old.get("calibration") == method and old.get("inputs") == inputs:
-            return dict(old, skipped=True, dir=out)
+    old = frame.vouched(calibration=method, inputs=inputs)
+    if old is not None:
+        return dict(old, skipped=True, dir=out)
     y, p, folds = label_matrix(spec, train), oof[names].to_numpy(np.float64), oof["fold"].to_numpy()
     t = fit_thresholds(y, p)
     f1_05, f1_fit, f1_honest = f1_per_class(y, p, 0.5), f1_per_class(y, p, t), honest_f1(y, p, folds)
@@ -205,7 +209,7 @@ def _tune_thresholds(cfg: Config, force: bool = False) -> dict:
     from cxrlt.evaluate.report import plot_f1
 
     plot_f1(result, out / "f1_per_class.png", title=f"{cfg.name}: F1 per class (OOF)")
-    write_text(target, to_json(result, indent=1))  # last: a run killed before it is redone
+    result = frame.seal(result, outputs=[out / "f1_per_class.png"])  # last: a run killed before it is redone
     return dict(result, skipped=False, dir=out)
 
 

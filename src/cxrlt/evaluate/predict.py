@@ -20,7 +20,6 @@ scored CSV has their labels; the trained classes' figures are unchanged by them.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -40,14 +39,14 @@ from cxrlt.evaluate.normalise import FoldNormaliser, check_method
 from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
 from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
 from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint, fold_ids, given_split
-from cxrlt.fileio import display_path, intact, remove_stale_tmp, stamps, to_json, write_text
-from cxrlt.locks import exclusive
+from cxrlt.fileio import display_path, stamps
 from cxrlt.metrics import count_groups, evaluate, map_score, multiclass_metrics, zero_shot_figures
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input, to_probs
 from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
 from cxrlt.models.text import add_labels
 from cxrlt.runtime import is_main_process, make_accelerator
+from cxrlt.stage import stage_frame, verified
 
 
 def _checkpoints(cfg: Config) -> dict:
@@ -133,16 +132,15 @@ def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
 
 def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
     """Stage 04 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
-    with exclusive(experiment_dir(cfg) / ".stage.lock", f"experiment '{cfg.name}' (stage 04)",
-                   enabled=is_main_process()):
-        return _predict_experiment(cfg, force, progress)
+    with stage_frame(experiment_dir(cfg), "metrics.json", f"experiment '{cfg.name}' (stage 04)", force=force,
+                     main=is_main_process()) as frame:
+        return _predict_experiment(cfg, frame, progress)
 
 
-def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
+def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
     from cxrlt.progress import progress_bar
 
-    out = experiment_dir(cfg)
-    remove_stale_tmp(out)   # left by a run killed mid-write
+    out = frame.folder
     spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     views, gate = _check_settings(cfg.predict, spec)
@@ -160,18 +158,19 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
         raise CxrltError(f"{display_path(out)}: its folds started from different weights ("
                          + ", ".join(f"fold {k}: {v}" for k, v in inits.items())
                          + f"); retrain the odd ones with {rerun_hint(cfg, '03_train.py', '--fold', 'K', '--force')}")
+    for k, path in ckpts.items():   # done.json vouches for best.pt (older done.json files record no outputs)
+        verified(path.parent / "done.json", [path.name], rerun_hint(cfg, "03_train.py", "--fold", str(k), "--force"),
+                 strict=False)
     full = _full_fit(cfg, spec)
     if full is not None:
         loaded[FULL] = full
-    metrics_file = out / "metrics.json"
     # up to date = same checkpoints, same input CSVs, same prediction settings
     inputs = stamps({**{f"fold{k}": p for k, p in ckpts.items()},
                      **({FULL: best_checkpoint(cfg, FULL)} if full is not None else {}),
                      **{s: p for s in ("train", "val", "dev", "test") if (p := spec.csv(s)) is not None and p.is_file()}})
-    if metrics_file.is_file() and not force and (out / "oof.csv").is_file():
-        old = json.loads(metrics_file.read_text())
-        if old.get("inputs") == inputs and old.get("settings") == _settings(cfg) and intact(old.get("outputs"), out):
-            return dict(old, skipped=True, dir=out)
+    old = frame.vouched(inputs=inputs, settings=_settings(cfg))
+    if old is not None and "oof.csv" in old["outputs"]:
+        return dict(old, skipped=True, dir=out)
     spec, train_df, files, y, fold_of = training_data(cfg)
     # groups (head / medium / tail) come from the images trained on; the OOF covers the held-out rows:
     # every row with K folds, the validation CSV's with folds.scheme=given (fold -1 = trained on only)
@@ -291,8 +290,7 @@ def _predict_experiment(cfg: Config, force: bool = False, progress: bool = True)
     save_resolved(cfg, out / "predict_config.yaml")
     # metrics.json is written last and vouches for every output: a run killed before it leaves the
     # old metrics.json whose stamps no longer match, so the next run redoes the stage
-    result["outputs"] = stamps({p.name: p for p in [*written.values(), out / "per_class_ap.png", out / "pr_rarest.png"]})
-    write_text(metrics_file, to_json(result, indent=1))
+    result = frame.seal(result, outputs=[*written.values(), out / "per_class_ap.png", out / "pr_rarest.png"])
     return dict(result, skipped=False, dir=out, written=written)
 
 

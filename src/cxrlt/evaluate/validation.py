@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cxrlt.evaluate.normalise import FoldNormaliser
 from cxrlt.fileio import read_table
 from cxrlt.metrics import evaluate, map_score
+from cxrlt.train.epochs import best_index
 
 METRICS = ("mAP", "mAUC", "mF1", "head", "medium", "tail")
 DRIFT_MARGIN = 0.02        # mAP: |per-fold mean - pooled| above this warns
@@ -64,8 +64,9 @@ def fold_summary(y, p, folds, names, train_positives, n_train: int, class_groups
 
 
 def best_epochs(exp_dir: str | Path, folds) -> dict:
-    """{fold: best epoch (1-based)} from fold<k>/done.json, else the best val_mAP of log.csv; None
-    where neither exists (a blend)."""
+    """{fold: best epoch (1-based)} from fold<k>/done.json, else the best epoch of log.csv by the
+    training's own rule (train.epochs.best_index: val_score, balanced accuracy for a multiclass task);
+    None where neither exists (a blend)."""
     out = {}
     for k in folds:
         d = Path(exp_dir) / f"fold{int(k)}"
@@ -73,7 +74,7 @@ def best_epochs(exp_dir: str | Path, folds) -> dict:
         if done.is_file():
             out[int(k)] = json.loads(done.read_text()).get("best_epoch")
         elif log.is_file() and "val_mAP" in (t := read_table(log)).columns and len(t):
-            out[int(k)] = int(t["epoch"].iloc[int(t["val_mAP"].to_numpy().argmax())])
+            out[int(k)] = int(t["epoch"].iloc[best_index(t.to_dict("records"))])
         else:
             out[int(k)] = None
     return out

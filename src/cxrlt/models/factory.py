@@ -85,6 +85,16 @@ def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwa
         raise CxrltError(f"model.name '{mcfg.name}': {str(e).splitlines()[0]}") from None
 
 
+def check_init(mcfg, init: str, what: str, advice: str) -> None:
+    """A one-line error when weights that started from `init` (a model's `init_source`, as a
+    checkpoint or done.json records it) do not satisfy the recipe: under model.require_pretrained a
+    random start (or an unrecorded one) is refused, e.g. a fold trained without network access."""
+    start = str(init).split(" + ")[0]      # a second stage records "<first stage's start> + <method>"
+    if mcfg.get("require_pretrained") and start in ("random", "unknown"):
+        raise CxrltError(f"{what} started from {'random init' if start == 'random' else 'unrecorded weights'} "
+                         f"(init: {init}) but model.require_pretrained=true; {advice}")
+
+
 def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: float, net=None,
                 task: str = "multilabel") -> dict:
     """What a checkpoint carries to rebuild its model from the file alone (models.checkpoint.load_model);

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 
 import numpy as np
@@ -34,21 +33,21 @@ from cxrlt.experiment import (
     given_split,
     last_checkpoint,
 )
-from cxrlt.fileio import display_path, remove_stale_tmp, to_json, write_text
-from cxrlt.locks import exclusive
+from cxrlt.fileio import display_path
 from cxrlt.losses import build_loss
-from cxrlt.models.factory import arch_record, create_model, input_stats
+from cxrlt.models.factory import arch_record, check_init, create_model, input_stats
 from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
 from cxrlt.models.text import label_embeddings
 from cxrlt.models.transfer import init_from, source, use_input_stats
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
+from cxrlt.stage import stage_frame
 from cxrlt.train import tracking
 from cxrlt.train.epochs import best_index, run_epochs
 from cxrlt.train.loop import set_epoch, train_one_epoch, validate
 from cxrlt.train.saver import CheckpointSaver
 
-OUTPUTS = ("last.pt", "best.pt", "log.csv", "done.json", "val_predictions.csv", "curve.png")
+OUTPUTS = ("last.pt", "best.pt", "log.csv", "done.json", "val_predictions.csv", "curve.png", tracking.TB_FOLDER)
 
 
 def cosine_with_warmup(total: int, warmup: int, min_ratio: float):
@@ -86,13 +85,26 @@ def train_fold(cfg: Config, fold, force: bool = False, progress: bool = True, st
     """Train (or resume, or skip) one fold under its lock: a second trainer of the same fold stops at
     once, naming the first. fold = experiment.FULL: the full-data fit (every training image, no
     validation, best.pt = the last epoch's weights). stop_after: return after that many epochs (tests a kill)."""
-    with exclusive(fold_dir(cfg, fold) / ".lock", f"fold {fold} of experiment '{cfg.name}'", enabled=is_main_process()):
-        if is_main_process():
-            remove_stale_tmp(fold_dir(cfg, fold))   # left by a run killed mid-write
-        return _train_fold(cfg, fold, force, progress, stop_after)
+    out = fold_dir(cfg, fold)
+    with stage_frame(out, "done.json", f"fold {fold} of experiment '{cfg.name}'", force=force,
+                     main=is_main_process(), lock=out / ".lock") as frame:
+        return _train_fold(cfg, fold, frame, progress, stop_after)
 
 
-def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int | None) -> dict:
+def finished(cfg: Config, fold, frame, fp: dict) -> dict | None:
+    """done.json of a fold finished for this recipe and these folds (None when not finished or
+    --force); a fold finished under another recipe, or from weights the recipe does not accept (a
+    random start under model.require_pretrained), is a one-line error."""
+    done = frame.vouched(outputs=False)
+    if done is None:
+        return None
+    check_fingerprint(done.get("fingerprint", {}), fp, frame.stamp, "use --force to retrain the fold")
+    check_init(cfg.model, done.get("init", "unknown"), f"{display_path(frame.stamp)}: fold {fold}",
+               "retrain it with --force")
+    return done
+
+
+def _train_fold(cfg: Config, fold: int, frame, progress: bool, stop_after: int | None) -> dict:
     import timm.optim
     from accelerate.utils import set_seed
     from timm.utils import ModelEmaV3
@@ -106,21 +118,15 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
     if not full and fold not in fold_ids(cfg):
         raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}"
                          + (" (folds.scheme=given)" if given_split(cfg) else ""))
-    out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
+    out = frame.folder
     accelerator = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum), tracking.log_with(cfg, fold), out)
     main = accelerator.is_main_process
     spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
-    if done_file.is_file() and not force:  # finished: only if for this recipe and these folds
-        done = json.loads(done_file.read_text())
-        check_fingerprint(done.get("fingerprint", {}), fingerprint(cfg, spec, _assignment(cfg, spec, fold)),
-                          done_file, "use --force to retrain the fold")
+    done = finished(cfg, fold, frame, fingerprint(cfg, spec, _assignment(cfg, spec, fold)))
+    if done is not None:   # finished: only if for this recipe, these folds and an accepted start
         return dict(done, skipped=True, dir=out)
-    if force and main:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / tracking.TB_FOLDER, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    resume = last_checkpoint(cfg, fold).is_file() and not frame.force   # --force sets the old run aside below
 
     spec, df, files, y, fold_of = training_data(cfg)
     tr, va = (np.arange(len(df)), np.zeros(0, int)) if full else (np.flatnonzero(fold_of != fold),
@@ -143,7 +149,7 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
                        text_emb=text_emb)
     if init:       # input statistics from the source even on resume (a resumed fold restores its weights)
         use_input_stats(net, src[2])
-    if init and not last_checkpoint(cfg, fold).is_file():
+    if init and not resume:
         rep = init_from(net, src, cfg.model, names, int(cfg.cache.size))
         net.init_source = f"init_from:{rep['source']}"
         if main:
@@ -185,7 +191,11 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
                             optimizer, scheduler, accelerator.scaler, mean, std, cfg.to_dict(),
                             arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net,
                                              task=spec.task))
+    if frame.force:   # only now that model, loaders and optimizer are built: put back if this run fails
+        frame.set_aside(OUTPUTS)
+    accelerator.wait_for_everyone()
     start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
+    check_init(cfg.model, saver.init, f"{display_path(saver.last)}: fold {fold}", "start it again with --force")
     if main:
         if start:
             print(f"fold {fold}: resuming after epoch {start} of {epochs} from {display_path(saver.last)}")
@@ -216,10 +226,15 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
                     mosaic=train_ds.mosaic_p, loss_weighted=bool(getattr(criterion, "weighted", False)),
                     time_s=time.time() - t0), v
 
-    history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
-                                        out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold}",
-                                        label=f"fold {fold}", val_ids=df[spec.id_col].iloc[va], names=names,
-                                        stop_after=stop_after, patience=None if full else tcfg.get("patience"))
+    try:
+        history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best,
+                                            saver=saver, out=out, accelerator=accelerator,
+                                            title=f"{cfg.name} fold {fold}", label=f"fold {fold}",
+                                            val_ids=df[spec.id_col].iloc[va], names=names, stop_after=stop_after,
+                                            patience=None if full else tcfg.get("patience"))
+    except BaseException:
+        tracking.finish(accelerator)   # its files closed before the frame puts back what --force set aside
+        raise
     if stopped:
         tracking.finish(accelerator)
         return dict(stopped=True, epoch=len(history), dir=out)
@@ -229,8 +244,8 @@ def _train_fold(cfg: Config, fold: int, force: bool, progress: bool, stop_after:
                    init=saver.init, fingerprint=fp, skipped=False)
     if main and not full:
         tracking.log_best_ap(accelerator, out / "val_predictions.csv", df[spec.id_col], y, names, summary["best_epoch"])
-    if main:
-        write_text(done_file, to_json(summary))
+    if main:   # the stamp, last: vouches for best.pt (stage 04 checks it)
+        frame.seal(summary, outputs=[saver.best, saver.last])
     tracking.finish(accelerator)
     accelerator.wait_for_everyone()
     return dict(summary, dir=out)

@@ -11,6 +11,15 @@ from cxrlt.experiment import check_fingerprint
 from cxrlt.models.checkpoint import load, rng_state, save, set_rng_state
 
 
+def write_best(path: Path, state: dict, *, weights: str, arch: dict | None, epoch: int, metrics: dict,
+               fingerprint: dict, init: str, mean: float, std: float) -> None:
+    """best.pt, the one writer for first and second stages: the weights to predict with (`weights`:
+    ema, raw or tau_norm), the model description that rebuilds them (models.checkpoint.load_model),
+    the epoch and its figures, the recipe fingerprint, where the weights started, input statistics."""
+    save(dict(model=state, weights=weights, arch=arch, epoch=epoch, metrics=metrics, fingerprint=fingerprint,
+              init=init, mean=mean, std=std), path)
+
+
 class CheckpointSaver:
     def __init__(self, last: Path, best: Path, fingerprint: dict, net, ema, optimizer, scheduler, scaler,
                  mean: float, std: float, config: dict, arch: dict | None = None, best_state=None):
@@ -47,6 +56,6 @@ class CheckpointSaver:
     def save_best(self, epoch: int, metrics: dict) -> None:
         """The weights that are validated (EMA when on), self-described for prediction."""
         state = self.best_state() if self.best_state is not None else self.eval_net.state_dict()
-        save(dict(model=state, weights="ema" if self.parts["ema"] is not None else "raw", arch=self.arch,
-                  epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, init=self.init, mean=self.mean,
-                  std=self.std), self.best)
+        write_best(self.best, state, weights="ema" if self.parts["ema"] is not None else "raw", arch=self.arch,
+                   epoch=epoch, metrics=metrics, fingerprint=self.fingerprint, init=self.init, mean=self.mean,
+                   std=self.std)

@@ -18,8 +18,6 @@ best.pt holds the whole model (backbone included) and rebuilds from the file alo
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +36,6 @@ from cxrlt.errors import CxrltError
 from cxrlt.experiment import (
     best_checkpoint,
     check_fingerprint,
-    done_marker,
     experiment_dir,
     experiment_path,
     fingerprint,
@@ -47,19 +44,20 @@ from cxrlt.experiment import (
     given_split,
     last_checkpoint,
 )
-from cxrlt.fileio import display_path, project_path, remove_stale_tmp, save_figure, stamps, to_json, write_csv, write_text
-from cxrlt.locks import exclusive
+from cxrlt.fileio import display_path, project_path, save_figure, stamps, write_csv
 from cxrlt.losses import build_loss
-from cxrlt.models.checkpoint import load, load_model, save
+from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.fusion import StudyFusion, StudyFusionNet, backbone_tokens, grid_tokens, pooled_features
 from cxrlt.models.inference import predict_loader
 from cxrlt.progress import progress_bar
 from cxrlt.runtime import is_main_process, make_accelerator
+from cxrlt.stage import stage_frame
 from cxrlt.train import tracking
 from cxrlt.train.epochs import best_index, run_epochs
 from cxrlt.train.features import FeatureStore, cache_key
-from cxrlt.train.fold import OUTPUTS, cosine_with_warmup
+from cxrlt.train.fold import OUTPUTS, cosine_with_warmup, finished
 from cxrlt.train.loop import set_epoch, train_one_epoch, val_figures
+from cxrlt.train.saver import CheckpointSaver, write_best
 
 METHODS = ("crt", "tau_norm", "fusion")
 
@@ -193,13 +191,13 @@ def _studies_in(x, view="none"):
 def train_second_stage(cfg: Config, fold: int, force: bool = False, progress: bool = True,
                        stop_after: int | None = None) -> dict:
     """Train (or resume, or skip) fold `fold` of a second-stage recipe under the fold's lock."""
-    with exclusive(fold_dir(cfg, fold) / ".lock", f"fold {fold} of experiment '{cfg.name}'", enabled=is_main_process()):
-        if is_main_process():
-            remove_stale_tmp(fold_dir(cfg, fold))
-        return _train(cfg, fold, force, progress, stop_after)
+    out = fold_dir(cfg, fold)
+    with stage_frame(out, "done.json", f"fold {fold} of experiment '{cfg.name}'", force=force,
+                     main=is_main_process(), lock=out / ".lock") as frame:
+        return _train(cfg, fold, frame, progress, stop_after)
 
 
-def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int | None) -> dict:
+def _train(cfg: Config, fold: int, frame, progress: bool, stop_after: int | None) -> dict:
     from accelerate.utils import set_seed
 
     s2 = cfg.stage2
@@ -208,7 +206,7 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
     if fold not in fold_ids(cfg):
         raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}")
     t_start = time.time()
-    out, done_file = fold_dir(cfg, fold), done_marker(cfg, fold)
+    out = frame.folder
     spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
     folds_hash = current_assignment(cfg, spec)
@@ -216,20 +214,14 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
     spec, df, files, y, fold_of = training_data(cfg)
     names = list(spec.labels)
     fp, backbone_stamp = fingerprint(cfg, spec, folds_hash), stamps({"b": ck_path})["b"]
-    if done_file.is_file() and not force:
-        done = json.loads(done_file.read_text())
-        check_fingerprint(done.get("fingerprint", {}), fp, done_file, "use --force to retrain the fold")
+    done = finished(cfg, fold, frame, fp)
+    if done is not None:
         if done.get("backbone") != backbone_stamp:
-            raise CxrltError(f"{display_path(done_file)}: fold {fold} of '{s2['from']}' changed since this second stage "
-                             f"was trained on it; retrain it with --force")
+            raise CxrltError(f"{display_path(frame.stamp)}: fold {fold} of '{s2['from']}' changed since this second "
+                             f"stage was trained on it; retrain it with --force")
         return dict(done, skipped=True, dir=out)
     accelerator = make_accelerator(cfg.train, "train.precision", 1, tracking.log_with(cfg, fold), out)
     main = accelerator.is_main_process
-    if force and main:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / tracking.TB_FOLDER, ignore_errors=True)
-    accelerator.wait_for_everyone()
     tr, va = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     base_seed = int(cfg.seed) + 1000 * fold
     set_seed(base_seed)
@@ -237,6 +229,9 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
     if s2.method in ("crt", "tau_norm") and not isinstance(_classifier(net), torch.nn.Linear):
         raise CxrltError(f"stage2.method={s2.method} re-trains or re-scales a linear classifier; the first stage "
                          f"'{s2['from']}' has model.head={arch['model'].get('head', 'linear')}")
+    if frame.force:   # the finished fold comes back if this run fails
+        frame.set_aside(OUTPUTS)
+    accelerator.wait_for_everyone()
     t0 = time.time()
     feats = cached_features(cfg, fold, net, ck_path, ck, df[spec.id_col].tolist(), files, accelerator, progress)
     seconds = dict(features=round(time.time() - t0, 1))
@@ -254,8 +249,8 @@ def _train(cfg: Config, fold: int, force: bool, progress: bool, stop_after: int 
     seconds.update(train=round(time.time() - t0 - seconds["features"], 1), total=round(time.time() - t_start, 1))
     summary.update(fingerprint=fp, backbone=backbone_stamp, method=s2.method, stage1=str(s2["from"]), seconds=seconds,
                    skipped=False)
-    if main:
-        write_text(done_file, to_json(summary))
+    if main:   # the stamp, last: vouches for best.pt (stage 04 checks it)
+        frame.seal(summary, outputs=[best_checkpoint(cfg, fold), last_checkpoint(cfg, fold)])
         print(f"fold {fold}: {s2.method} over '{s2['from']}' done, val mAP {summary['best_mAP']:.4f} "
               f"(features {seconds['features']:.0f} s, training {seconds['train']:.0f} s)")
     accelerator.wait_for_everyone()
@@ -275,8 +270,6 @@ def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None, task: 
 def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed,
                 stop_after):
     """crt / fusion: epochs of a head over cached features, validated on the held-out fold."""
-    from cxrlt.train.saver import CheckpointSaver
-
     from accelerate.utils import set_seed
 
     s2, main = cfg.stage2, accelerator.is_main_process
@@ -399,9 +392,9 @@ def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, a
         clf.weight.copy_((w / norms ** tau).to(clf.weight.dtype))
     log = pd.DataFrame([{k: val for k, val in r.items() if k != "_v"} for r in rows])
     if accelerator.is_main_process:
-        save(dict(model=net.state_dict(), weights="tau_norm", arch=arch, epoch=0, fingerprint=fp, mean=ck["mean"],
-                  std=ck["std"], init=f"{ck.get('init', 'unknown')} + tau_norm", metrics=log.iloc[pick].to_dict()),
-             best_checkpoint(cfg, fold))
+        write_best(best_checkpoint(cfg, fold), net.state_dict(), weights="tau_norm", arch=arch, epoch=0,
+                   metrics=log.iloc[pick].to_dict(), fingerprint=fp, init=f"{ck.get('init', 'unknown')} + tau_norm",
+                   mean=ck["mean"], std=ck["std"])
         preds = pd.DataFrame(v["probs"], columns=names)
         preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va])
         write_csv(out / "val_predictions.csv", preds)
