@@ -29,6 +29,8 @@ import html
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -235,6 +237,23 @@ def _forget(paths: list[Path]) -> None:
             pass
 
 
+def _films_input(gr, **kw):
+    """gr.File handing the function each uploaded file's path in the upload store, and nothing more:
+    Gradio's own gr.File (type filepath) also leaves an empty NamedTemporaryFile in the store for every
+    file it hands over (gradio/components/file.py), which no answer could clear."""
+
+    class Films(gr.File):
+        def get_block_name(self) -> str:
+            return "file"        # the browser draws it as the gr.File it is
+
+        def _process_single_file(self, f):
+            from gradio.utils import NamedString
+
+            return NamedString(f.path)
+
+    return Films(**kw)
+
+
 def page(predictor: Predictor):
     import gradio as gr
 
@@ -280,7 +299,7 @@ def page(predictor: Predictor):
         gr.Markdown(f"## {predictor.name}: chest X-ray findings\nUpload the films of one study (PNG, JPEG or "
                     f"DICOM). {predictor.n_models} model(s), {len(predictor.labels)} findings. A research tool, "
                     f"not a diagnosis. {trust_line(predictor.trust)}")
-        files = gr.File(file_count="multiple", label="Films of one study", elem_id="films")
+        files = _films_input(gr, file_count="multiple", label="Films of one study", elem_id="films")
         views = gr.Textbox(label=f"Views, one per file in order (optional; {', '.join(predictor.known_views)})",
                            elem_id="views")
         go = gr.Button("Predict", variant="primary", elem_id="predict")
@@ -312,10 +331,13 @@ def serve(experiment: str, host: str = "127.0.0.1", port: int = 7860, folds=None
     store = Path(tempfile.mkdtemp(prefix="cxrlt-serve-", dir=shm if shm.is_dir() else None))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(store))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    predictor = Predictor(experiment, folds=folds, device=device)
-    print(f"serving {predictor.name}: {predictor.n_models} model(s) on {predictor.device}, "
-          f"{len(predictor.labels)} findings; open http://{host}:{port}/ (API: POST /api/predict)", flush=True)
+    # uvicorn re-raises the SIGTERM it stopped on once it has shut down: with the default handler the
+    # process would die there and leave the upload store behind; exiting through Python removes it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        predictor = Predictor(experiment, folds=folds, device=device)
+        print(f"serving {predictor.name}: {predictor.n_models} model(s) on {predictor.device}, "
+              f"{len(predictor.labels)} findings; open http://{host}:{port}/ (API: POST /api/predict)", flush=True)
         uvicorn.run(build_app(predictor, max_upload, max_concurrent), host=host, port=port, log_level="warning")
     finally:
         shutil.rmtree(store, ignore_errors=True)
