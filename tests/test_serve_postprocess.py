@@ -1,10 +1,9 @@
 """One post-processing path (evaluate.postprocess): the web page's answer is stage 04's test row
 under every `predict.*` setting (fold normalisation rank / logit_standardise, normal gating, study
 aggregation over a study's films, the full-data fit), and what the page opens is opened safely."""
-import json
+import argparse
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import cfg_at
@@ -105,7 +104,7 @@ def test_the_page_opens_checkpoints_with_weights_only(trained, tmp_path, monkeyp
 
     out = _copy(trained, tmp_path / "demo")
     ck = torch.load(out / "fold0" / "best.pt", weights_only=False)
-    ck["payload"] = json.JSONDecoder()          # any class: weights_only refuses to build it
+    ck["payload"] = argparse.Namespace(run="code")   # any class outside the allow-list: refused, not built
     torch.save(ck, out / "fold0" / "best.pt")
     with pytest.raises(CxrltError, match=r"fold0/best\.pt: not a checkpoint this version can open safely"):
         Predictor(out)

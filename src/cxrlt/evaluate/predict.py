@@ -8,9 +8,10 @@ and the preset has a study column, then normal gating (`predict.normal_gating`) 
 normalisation (`predict.oof_normalise`, evaluate.normalise): each fold model's map, fitted on its
 own OOF scores, is applied to its OOF rows and to its test and development predictions before they
 are averaged over folds (the fitted maps are kept in normaliser.npz for the web page). Every step
-after the models' logits is evaluate.postprocess, the path the web page answers with. metrics.json reports the pooled OOF figures beside the mean and std of
-per-fold figures, a drift warning (evaluate.validation), figures per view group, the development
-figures apart, and each variant against the final one with a patient-bootstrap interval. Writes
+after the models' logits is evaluate.postprocess, the path the web page answers with. metrics.json
+reports the pooled OOF figures beside the mean and std of per-fold figures, a drift warning
+(evaluate.validation), figures per view group, the development figures apart, and each variant
+against the final one with a patient-bootstrap interval. Writes
 experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
 
 Zero-shot labels (`zero_shot_names`: data.holdout_labels, a zero-shot preset's findings,
