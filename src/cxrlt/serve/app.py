@@ -240,18 +240,15 @@ def _forget(paths: list[Path]) -> None:
 def _films_input(gr, **kw):
     """gr.File handing the function each uploaded file's path in the upload store, and nothing more:
     Gradio's own gr.File (type filepath) also leaves an empty NamedTemporaryFile in the store for every
-    file it hands over (gradio/components/file.py), which no answer could clear."""
+    file it hands over (gradio/components/file.py), which no answer could clear. (Patched on the
+    instance: a gr.File subclass would make Gradio write a .pyi stub beside this module.)"""
+    import types
 
-    class Films(gr.File):
-        def get_block_name(self) -> str:
-            return "file"        # the browser draws it as the gr.File it is
+    from gradio.utils import NamedString
 
-        def _process_single_file(self, f):
-            from gradio.utils import NamedString
-
-            return NamedString(f.path)
-
-    return Films(**kw)
+    films = gr.File(**kw)
+    films._process_single_file = types.MethodType(lambda self, f: NamedString(f.path), films)
+    return films
 
 
 def page(predictor: Predictor):
