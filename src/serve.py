@@ -15,11 +15,18 @@ def main():
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--folds", default=None, help="comma-separated fold numbers to load (bounds memory); default all")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default the GPU when there is one")
+    p.add_argument("--max-upload-mb", type=float, default=64,
+                   help="largest request body (all films of a study) in MB; larger is refused with HTTP 413 "
+                        "before it is read (default 64)")
+    p.add_argument("--max-concurrent", type=int, default=2,
+                   help="API requests read and decoded at once; the others wait unread (default 2)")
     a = p.parse_args()
+    if a.max_upload_mb <= 0 or a.max_concurrent < 1:
+        p.error("--max-upload-mb must be > 0 and --max-concurrent >= 1")
     from cxrlt.serve.app import serve
 
     folds = [int(f) for f in a.folds.split(",")] if a.folds else None
-    serve(a.experiment, a.host, a.port, folds, a.device)
+    serve(a.experiment, a.host, a.port, folds, a.device, int(a.max_upload_mb * 2**20), a.max_concurrent)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,12 @@ class Experiment:
         return exp
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> Experiment:
-        """An experiment from its folder: the resolved recipe it wrote (config.yaml), validated
-        against today's schema (keys added since then take their defaults), outputs in that folder."""
+    def from_folder(cls, folder: str | Path, recipe: str = "config.yaml") -> Experiment:
+        """An experiment from its folder: the resolved recipe it wrote (config.yaml, or stage 04's
+        predict_config.yaml), validated against today's schema (keys added since then take their
+        defaults), outputs in that folder."""
         folder = Path(folder)
-        path = folder / "config.yaml"
+        path = folder / recipe
         if not path.is_file():
             raise CxrltError(f"{display_path(folder)}: not an experiment folder (no config.yaml)")
         saved = load_yaml(path.read_text()) or {}

@@ -306,7 +306,8 @@ def _route(cfg, spec, train, members, frame) -> dict:
     """Blend mode `route`: each image's prediction from the member trained on its view (the
     all-view member for other views or without a view column), then study aggregation when the
     recipe asks for it. Figures overall and per view group."""
-    from cxrlt.evaluate.predictions import aggregate_studies, route_rows
+    from cxrlt.evaluate.postprocess import route_settings, routed_studies
+    from cxrlt.evaluate.predictions import route_rows
     from cxrlt.evaluate.validation import view_figures, view_groups
 
     names, id_col, out = list(spec.labels), spec.id_col, frame.folder
@@ -344,9 +345,8 @@ def _route(cfg, spec, train, members, frame) -> dict:
             p[rows] = frames[m].loc[want, names].to_numpy(np.float64)
             if split == "oof":
                 fold[rows] = frames[m].loc[want, "fold"].to_numpy()
-        if pc.study_aggregation and spec.study_col and spec.study_col in table.columns:
-            p = aggregate_studies(p, table[spec.study_col], table[vcol] if vcol else [None] * len(table),
-                                  dict(pc.view_weights), float(pc.other_view_weight))
+        studies = table[spec.study_col] if spec.study_col and spec.study_col in table.columns else None
+        p = routed_studies(p, studies, table[vcol] if vcol else [None] * len(table), route_settings(pc))
         return ids, p, fold, pick
 
     ids, p, fold, pick = routed("oof", train)

@@ -39,11 +39,13 @@ class FoldNormaliser:
     """Per fold model and class, a monotone map fitted on that model's OOF scores (N, C) and the
     fold of each row; `oof()` gives the normalised OOF, `apply(p, k)` maps model k's other scores."""
 
-    def __init__(self, method: str, scores: np.ndarray, folds: np.ndarray):
+    def __init__(self, method: str, scores: np.ndarray | None, folds: np.ndarray | None):
         self.method = check_method(method)
+        self.params = {}
+        if scores is None:      # filled by `load`
+            return
         self.scores = np.asarray(scores, np.float64)
         self.folds = np.asarray(folds)
-        self.params = {}
         for k in np.unique(self.folds):
             s = self.scores[self.folds == k]
             if method == "rank":
@@ -84,3 +86,50 @@ class FoldNormaliser:
             rows = self.folds == k
             out[rows] = self.apply(self.scores[rows], k)
         return out
+
+    def save(self, path) -> None:
+        """The fitted maps (not the OOF scores) to an .npz, atomically."""
+        from cxrlt.fileio import write_atomic
+
+        arrays = {"method": np.array(self.method)}
+        for k, prm in self.params.items():
+            if self.method == "rank":
+                for c, (u, q) in enumerate(prm):
+                    arrays[f"rank/{int(k)}/{c}/x"], arrays[f"rank/{int(k)}/{c}/q"] = u, q
+            else:
+                arrays[f"logit/{int(k)}/mean"], arrays[f"logit/{int(k)}/sd"] = prm
+        if self.method == "logit_standardise":
+            arrays["ref/mean"], arrays["ref/sd"] = self.ref
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        write_atomic(path, write)
+
+    @classmethod
+    def load(cls, path) -> "FoldNormaliser":
+        """The maps `save` wrote; a missing or unreadable file is a one-line CxrltError."""
+        from cxrlt.fileio import display_path
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            self = cls(str(arrays.pop("method")), None, None)
+            if self.method == "logit_standardise":
+                self.ref = (arrays.pop("ref/mean"), arrays.pop("ref/sd"))
+            for key in sorted(arrays):
+                kind, k, *rest = key.split("/")
+                k = int(k)
+                if kind == "rank":
+                    c, part = int(rest[0]), rest[1]
+                    cols = self.params.setdefault(k, {})
+                    cols.setdefault(c, [None, None])[0 if part == "x" else 1] = arrays[key]
+                else:
+                    self.params[k] = (arrays[f"logit/{k}/mean"], arrays[f"logit/{k}/sd"])
+            if self.method == "rank":
+                self.params = {k: [tuple(v[c]) for c in sorted(v)] for k, v in self.params.items()}
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise CxrltError(f"{display_path(path)}: not a fold normaliser written by stage 04 "
+                             f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); rerun "
+                             f"src/04_predict.py --force") from None
+        return self

@@ -7,9 +7,11 @@ aggregation (the view-weighted mean over a study's images) is applied when the r
 and the preset has a study column, then normal gating (`predict.normal_gating`) when set, then fold
 normalisation (`predict.oof_normalise`, evaluate.normalise): each fold model's map, fitted on its
 own OOF scores, is applied to its OOF rows and to its test and development predictions before they
-are averaged over folds. metrics.json reports the pooled OOF figures beside the mean and std of
-per-fold figures, a drift warning (evaluate.validation), figures per view group, the development
-figures apart, and each variant against the final one with a patient-bootstrap interval. Writes
+are averaged over folds (the fitted maps are kept in normaliser.npz for the web page). Every step
+after the models' logits is evaluate.postprocess, the path the web page answers with. metrics.json
+reports the pooled OOF figures beside the mean and std of per-fold figures, a drift warning
+(evaluate.validation), figures per view group, the development figures apart, and each variant
+against the final one with a patient-bootstrap interval. Writes
 experiments/<name>/{oof,development,test}.csv, metrics.json and PNGs.
 
 Zero-shot labels (`zero_shot_names`: data.holdout_labels, a zero-shot preset's findings,
@@ -20,7 +22,6 @@ scored CSV has their labels; the trained classes' figures are unchanged by them.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -35,14 +36,15 @@ from cxrlt.data.splits import current_assignment, current_full_assignment, train
 from cxrlt.data.studies import study_groups, view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
-from cxrlt.evaluate.normalise import FoldNormaliser, check_method
-from cxrlt.evaluate.predictions import aggregate_studies, normal_gating, read_predictions, write_predictions
+from cxrlt.evaluate import postprocess as post
+from cxrlt.evaluate.normalise import FoldNormaliser
+from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
 from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint, fold_ids, given_split
 from cxrlt.fileio import display_path, stamps
 from cxrlt.metrics import count_groups, evaluate, map_score, multiclass_metrics, zero_shot_figures
 from cxrlt.models.checkpoint import load, load_model
-from cxrlt.models.inference import TTA_MEANS, combine_tta, parse_views, predict_loader, study_input, to_probs
+from cxrlt.models.inference import predict_loader, study_input, to_probs
 from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
 from cxrlt.models.text import add_labels
 from cxrlt.runtime import is_main_process, make_accelerator
@@ -73,30 +75,14 @@ def _split_table(cfg, spec, split: str, cache: Cache):
     return df, cache.require(df[spec.id_col], path, cfg)
 
 
-def _aggregate(cfg, spec, df, probs: np.ndarray) -> np.ndarray | None:
-    pc = cfg.predict
-    if not pc.study_aggregation or not spec.study_col or spec.study_col not in df.columns:
-        return None
+def _studies(spec, df):
+    """(study ids or None, views) of `df`'s rows for study aggregation (None: no study column)."""
+    studies = df[spec.study_col] if spec.study_col and spec.study_col in df.columns else None
     views = df[spec.view_col] if spec.view_col and spec.view_col in df.columns else [None] * len(df)
-    return aggregate_studies(probs, df[spec.study_col], views, dict(pc.view_weights), float(pc.other_view_weight))
+    return studies, views
 
 
-def _check_settings(pc, spec):
-    """(extra TTA views, gating) from `predict`, gating being None or (normal column, kept columns,
-    alpha); a bad value is a one-line CxrltError naming the key."""
-    views = parse_views(pc.tta)
-    if pc.tta_mean not in TTA_MEANS:
-        raise CxrltError(f"predict.tta_mean must be one of {', '.join(TTA_MEANS)}, not '{pc.tta_mean}'")
-    alpha = pc.normal_gating
-    if alpha is None:
-        return views, None
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 <= alpha < math.inf):
-        raise CxrltError(f"predict.normal_gating must be null or a number >= 0, not '{alpha}'")
-    names = list(spec.labels)
-    if spec.normal_label not in names:
-        raise CxrltError(f"predict.normal_gating={alpha}: dataset preset '{spec.name}' has no normal label to gate "
-                         f"with; set predict.normal_gating: null")
-    return views, (names.index(spec.normal_label), [names.index(x) for x in spec.normal_allows], float(alpha))
+_check_settings = post.check_settings
 
 
 def zero_shot_names(cfg, spec) -> list[str]:
@@ -123,13 +109,6 @@ def _zero_shot_block(df, probs: np.ndarray, zs: list[str], trained_map, trained_
     return zero_shot_figures(y, probs[:, have], [zs[i] for i in have], trained_map, agnostic=trained_probs.mean(1))
 
 
-def _postprocess(cfg, spec, df, probs: np.ndarray, gate) -> np.ndarray:
-    """Study aggregation (when asked for and possible), then normal gating (when set)."""
-    agg = _aggregate(cfg, spec, df, probs)
-    probs = agg if agg is not None else probs
-    return normal_gating(probs, *gate) if gate else probs
-
-
 def predict_experiment(cfg: Config, force: bool = False, progress: bool = True) -> dict:
     """Stage 04 under the experiment's lock: a second run on the same outputs stops at once, naming the first."""
     with stage_frame(experiment_dir(cfg), "metrics.json", f"experiment '{cfg.name}' (stage 04)", force=force,
@@ -143,8 +122,8 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
     out = frame.folder
     spec = Experiment.of(cfg).spec
     check_task(cfg, spec)
-    views, gate = _check_settings(cfg.predict, spec)
-    check_method(cfg.predict.oof_normalise)
+    ps = post.Settings.of(cfg.predict, spec)
+    views = ps.views
     check_count("predict.bootstrap", cfg.predict.bootstrap)
     ckpts = _checkpoints(cfg)
     fp = fingerprint(cfg, spec, current_assignment(cfg, spec))
@@ -205,7 +184,7 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
         jobs = {"oof": (train_df.iloc[held], [files[i] for i in held]), **others}
         for job, (job_df, job_files) in jobs.items():
             by_view = _logits(net, arch, spec, job_df, job_files, accelerator, ck, views, cfg)
-            probs = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean, spec.task).numpy()
+            probs = post.combine_views(by_view, ps)
             if job == "oof":
                 for v, t in by_view.items():
                     oof_views[v][held] = to_probs(t, spec.task).numpy()
@@ -220,22 +199,22 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
         net = net.to(accelerator.device)
         for s, (job_df, job_files) in others.items():
             by_view = _logits(net, arch, spec, job_df, job_files, accelerator, full, views, cfg)
-            per_model[s][FULL] = combine_tta(by_view["none"], [by_view[v] for v in views] or None, pc.tta_mean,
-                                             spec.task).numpy()
+            per_model[s][FULL] = post.combine_views(by_view, ps)
     if not accelerator.is_main_process:
         return dict(skipped=False, dir=out)
 
     # variants: with/without TTA x image/study level (the recipe's choice, last, is the final one),
     # then the final one gated when normal gating is set
     arrays = {}
+    studies, study_views = _studies(spec, train_df)
     for tag, probs in [("no_tta", oof_views["none"])] + ([("tta", oof_tta)] if views else []):
         arrays[f"{tag}/image"] = probs
-        study = _aggregate(cfg, spec, train_df, probs)
+        study = post.aggregate(probs, studies, study_views, ps)
         if study is not None:
             arrays[f"{tag}/study"] = study
         final, final_key = (study, f"{tag}/study") if study is not None else (probs, f"{tag}/image")
-    if gate:
-        final, final_key = normal_gating(final, *gate), final_key + "/gated"
+    if ps.gate:
+        final, final_key = post.gate(final, ps), final_key + "/gated"
         arrays[final_key] = final
     raw, norm = final, FoldNormaliser(pc.oof_normalise, final, fold_of)
     if pc.oof_normalise != "none":      # per fold, fitted on the OOF scores alone (never the labels)
@@ -260,12 +239,16 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
     if zs:
         result["zero_shot"] = dict(_zero_shot_block(train_df, zs_oof, zs, result["mAP"], final) or {}, columns=zs)
     written = {"oof": out / "oof.csv"}
+    if pc.oof_normalise != "none":      # the fitted maps, for the web page to apply the same ones
+        norm.save(out / post.NORMALISER)
+        written["normaliser"] = out / post.NORMALISER
+    else:
+        (out / post.NORMALISER).unlink(missing_ok=True)
     for s, (df, _) in others.items():
         members = {k: p for k, p in per_model[s].items() if pc.use_full_fit != "alone" or k == FULL}
-        if pc.oof_normalise == "none":
-            probs = _postprocess(cfg, spec, df, sum(members.values()) / len(members), gate)
-        else:   # each fold model through its own map, then the mean over folds
-            probs = sum(norm.apply(_postprocess(cfg, spec, df, p, gate), k) for k, p in per_model[s].items()) / len(ckpts)
+        # without normalisation the mean over models, then aggregation and gating; with it each
+        # fold model aggregated, gated and through its own map, then the mean
+        probs = post.over_models(members, *_studies(spec, df), ps, norm)
         name = "development.csv" if s == "dev" else "test.csv"
         write_predictions(out / name, df[spec.id_col], probs, all_names, spec.id_col)
         written[s] = out / name

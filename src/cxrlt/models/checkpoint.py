@@ -36,6 +36,23 @@ def load(path: str | Path) -> dict:
     return ck
 
 
+def load_weights(path: str | Path) -> dict:
+    """A best.pt opened with `weights_only=True` (tensors and plain Python values only: opening it
+    runs no code), for what a server opens; a missing, truncated or foreign file, or one that holds
+    more than that, is a one-line CxrltError naming it."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CxrltError(f"{display_path(path)}: checkpoint not found") from None
+    except Exception as e:   # UnpicklingError, RuntimeError (not a zip / truncated), EOFError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CxrltError(f"{display_path(path)}: not a checkpoint this version can open safely ({type(e).__name__}: "
+                         f"{first})") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise CxrltError(f"{display_path(path)}: not a model checkpoint (no weights in it)")
+    return ck
+
+
 def build_model(arch: dict) -> torch.nn.Module:
     """The untrained model an `arch` record describes (no download)."""
     from cxrlt.models.factory import model_from_arch
