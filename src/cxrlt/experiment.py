@@ -3,12 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cxrlt.config import load_config
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 
 
 def experiment_dir(cfg) -> Path:
     return project_path(cfg.output_dir) if cfg.get("output_dir") else project_path("experiments") / cfg.name
+
+
+def recipe_config(recipe: str, overrides=()):
+    """A recipe by name (experiments/<name>.yaml) or by path to its YAML file."""
+    path = recipe if recipe.endswith((".yaml", ".yml")) else project_path("experiments") / f"{recipe}.yaml"
+    return load_config(path, overrides)
 
 
 FULL = "full"   # the full-data fit's "fold": every training image, no held-out part
