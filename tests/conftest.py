@@ -134,7 +134,13 @@ TIERS = ("e2e", "bench", "browser", "subprocess", "slow")
 # fixtures that train (base: the tiny demo cached and folded, for tests that train on it; trained, sl_run:
 # trained experiments, shared but minutes on a first use; served: stage 04 over `trained`)
 SLOW_FIXTURES = {"base", "trained", "served", "sl_run"}
-SLOW_TESTS = set()                              # test functions (original names) that train or fit for long
+# test functions (original names) that train or fit for long without such a fixture: 15-130 s each on a
+# loaded 2-core machine (--durations), together half of the quick tier's time
+SLOW_TESTS = {"test_kfold_scheme_on_a_multiclass_task_covers_the_training_csv",          # trains 3 folds
+              "test_head_shapes_training_steps_and_reload_from_file_alone",             # trains each head
+              "test_fold_figures_wins_and_patient_bootstrap_against_the_baseline",      # bootstraps
+              "test_table_matches_sklearn",                                             # (compare)
+              "test_real_recipes_build_their_backbones"}                                # full-size backbones
 SPAWNS = ("subprocess.run(", "subprocess.Popen(", "subprocess.check_", "Popen(", "run_script(", ".Process(",
           "os.fork(")
 TIMEOUTS = {"unit": 300, "slow": 1200, "subprocess": 1200, "browser": 600, "bench": 1800, "e2e": 3600}   # seconds
