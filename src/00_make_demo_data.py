@@ -3,11 +3,10 @@ the NIH-CXR-LT-shaped single-label demo to input/demo-single-label/)."""
 import argparse
 
 from cxrlt.cli import run_stage
-from cxrlt.data.demo import make_demo
 from cxrlt.fileio import display_path, project_path
 
 
-def main():
+def run(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default=None, help="output folder (default: input/demo, input/demo-single-label)")
     p.add_argument("--n-train", type=int, default=None, help="training images (default 3000; single-label: 1000)")
@@ -27,7 +26,7 @@ def main():
                    "input/text_encoders/tiny_random_bert/: a tiny BERT with RANDOM weights (vocabulary: the CXR-LT label "
                    "words) for the offline zero-shot demo (experiments/demo_zero_shot.yaml); NOT a language model, its "
                    "label embeddings carry no meaning. With internet, download a real encoder instead (README)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.tiny_text_encoder:
         from cxrlt.data.labels import LABELS_2023, LABELS_2024, LABELS_2026, ZERO_SHOT_2024_TASK3, ZERO_SHOT_2026_TASK2
         from cxrlt.models.text import write_random_bert
@@ -55,6 +54,8 @@ def main():
         r = make_relabelled(project_path(a.out or "input/demo"), project_path("folds/demo_folds.csv"), project_path("input/demo_relabelled"))
         print(f"wrote input/demo_relabelled/: {r['train']} training images, labels {', '.join(r['labels'])}")
         return
+    from cxrlt.data.demo import make_demo
+
     out = project_path(a.out or "input/demo")
     r = make_demo(out, a.n_train or 3000, a.n_dev, a.n_test, a.max_side or 384, a.seed, a.workers, a.force)
     if r["skipped"]:
@@ -64,5 +65,9 @@ def main():
     print(f"contact sheet: {display_path(out / 'contact_sheet.png')}")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -1,12 +1,14 @@
 """Stage 01: decode every referenced image once, resize to cache.size, write the cache under input/."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.data.images import prepare_dataset_cache
 from cxrlt.fileio import display_path
 
 
-def main():
-    args = stage_parser(__doc__).parse_args()
+def run(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.data.images import prepare_dataset_cache
+
     r = prepare_dataset_cache(cfg, force=args.force)
     for note in r["notes"]:
         print(note)
@@ -17,5 +19,9 @@ def main():
         print(f"{display_path(r['folder'])}: cached {r['written']} images, {r['skipped']} were already there ({splits})")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

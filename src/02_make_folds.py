@@ -3,14 +3,12 @@
 import sys
 
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.data.experiment import Experiment
-from cxrlt.data.folds import build_folds
 from cxrlt.experiment import given_split
 from cxrlt.fileio import display_path
 
 
-def main():
-    args = stage_parser(__doc__).parse_args()
+def run(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
     if given_split(cfg):
         from cxrlt.data.splits import given_summary
@@ -22,6 +20,10 @@ def main():
         if r["shared_patients"]:
             print(f"warning: {r['shared_patients']} patients have images in both CSVs", file=sys.stderr)
         return
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.data.experiment import Experiment
+    from cxrlt.data.folds import build_folds
+
     r = build_folds(cfg, force=args.force)
     spec = Experiment.of(cfg).spec
     if spec.val_csv is not None:
@@ -41,5 +43,9 @@ def main():
         print(f"wrote {display_path(r['path'])} ({r['n_images']} images, {r['n_patients']} patients, k={cfg.folds.k})")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -8,16 +8,18 @@ from cxrlt.cli import config_from_args, run_stage, stage_parser
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import FULL, fold_ids
 from cxrlt.fileio import display_path
-from cxrlt.train.fold import train_fold
-from cxrlt.train.second_stage import is_second_stage, train_second_stage
 
 
-def main():
+def run(argv=None):
     p = stage_parser(__doc__, fold=True)
     p.add_argument("--full", action="store_true", help="train only the full-data fit (every training image; "
                    "epochs: train.full_epochs or the folds' median best epoch)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = config_from_args(args)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.train.fold import train_fold
+    from cxrlt.train.second_stage import is_second_stage, train_second_stage
+
     folds = [args.fold] if args.fold is not None else (cfg.train.folds or fold_ids(cfg))
     if args.full:
         if is_second_stage(cfg):
@@ -37,5 +39,9 @@ def main():
             print(f"fold {r['fold']}: {best} at epoch {r['best_epoch']} -> {display_path(r['dir'])}")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -6,13 +6,15 @@ report plots. Through accelerate for several GPUs:
     accelerate launch src/04_predict.py --config experiments/effv2s_768.yaml
 """
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.evaluate.predict import predict_experiment, summary_lines
 from cxrlt.fileio import display_path
 
 
-def main():
-    args = stage_parser(__doc__).parse_args()
+def run(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.evaluate.predict import predict_experiment, summary_lines
+
     r = predict_experiment(cfg, force=args.force)
     if "mAP" not in r:  # a non-main process
         return
@@ -23,5 +25,9 @@ def main():
     print(f"wrote {display_path(r['dir'])}/: oof.csv, test.csv, metrics.json, per_class_ap.png, pr_rarest.png")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

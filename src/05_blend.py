@@ -1,12 +1,14 @@
 """Stage 05: blend member experiments' OOF and test predictions (mean, rank or fitted weights)."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.ensemble.blend import blend_experiment
 from cxrlt.fileio import display_path
 
 
-def main():
-    args = stage_parser(__doc__).parse_args()
+def run(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.ensemble.blend import blend_experiment
+
     r = blend_experiment(cfg, force=args.force)
     if r["skipped"]:
         print(f"{display_path(r['dir'])}: blend is up to date with its members; --force redoes it")
@@ -20,5 +22,9 @@ def main():
     print(f"wrote {display_path(r['dir'])}/: oof.csv, test.csv, metrics.json, weights.json")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -1,12 +1,14 @@
 """Stage 06: per-class F1-optimal thresholds from OOF predictions -> thresholds.json (+ calibration)."""
 from cxrlt.cli import config_from_args, run_stage, stage_parser
-from cxrlt.ensemble.thresholds import tune_thresholds
 from cxrlt.fileio import display_path
 
 
-def main():
-    args = stage_parser(__doc__).parse_args()
+def run(argv=None):
+    args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.ensemble.thresholds import tune_thresholds
+
     r = tune_thresholds(cfg, force=args.force)
     if r["skipped"]:
         print(f"{display_path(r['dir'])}/thresholds.json is up to date; --force redoes it")
@@ -21,5 +23,9 @@ def main():
         print(f"wrote {display_path(r['dir'])}/thresholds.json, f1_per_class.png")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -7,11 +7,10 @@ import argparse
 
 from cxrlt.cli import run_stage
 from cxrlt.config import load_config
-from cxrlt.ensemble.submission import check_file, make_submission
 from cxrlt.fileio import display_path
 
 
-def main():
+def run(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--binary", action="store_true", help="0/1 with tuned thresholds (for F1 leaderboards)")
@@ -20,8 +19,11 @@ def main():
     p.add_argument("--name", help="submission file name (default: the experiment name)")
     p.add_argument("--force", action="store_true", help="accepted for symmetry with the other stages; a submission is always rewritten")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
+    # the wing only now: --help and a bad recipe answer before torch & co. load
+    from cxrlt.ensemble.submission import check_file, make_submission
+
     if a.check:
         n = check_file(cfg, a.check)
         print(f"{a.check}: OK ({n} rows, columns and ids as the leaderboard expects)")
@@ -32,5 +34,9 @@ def main():
     print(f"sha256 {r['sha256']}; OOF mAP {oof}; members {r['members']}; logged in submissions/log.csv")
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

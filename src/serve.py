@@ -8,7 +8,7 @@ import argparse
 from cxrlt.cli import run_stage
 
 
-def main():
+def run(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True, help="experiment folder (a recipe's, a blend's or a second stage's)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (default: this one only)")
@@ -20,7 +20,7 @@ def main():
                         "before it is read (default 64)")
     p.add_argument("--max-concurrent", type=int, default=2,
                    help="API requests read and decoded at once; the others wait unread (default 2)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.max_upload_mb <= 0 or a.max_concurrent < 1:
         p.error("--max-upload-mb must be > 0 and --max-concurrent >= 1")
     from cxrlt.serve.app import serve
@@ -29,5 +29,9 @@ def main():
     serve(a.experiment, a.host, a.port, folds, a.device, int(a.max_upload_mb * 2**20), a.max_concurrent)
 
 
+def main(argv=None):
+    run_stage(run, argv)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    main()

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -217,15 +215,15 @@ def test_check_refuses_each_fault_with_its_own_message(submitted, breakage, mess
         check_file(cfg, bad)
 
 
-def test_check_cli_exit_codes(submitted):
+def test_check_cli_exit_codes(submitted, stage):
     cfg, r, tmp = submitted
     df = pd.read_csv(r["csv"])
     df.loc[0, "Edema"] = 1.2
     df.to_csv(tmp / "bad.csv", index=False)
-    args = [sys.executable, "src/07_make_submission.py", "--config", cfg.recipe]
+    args = ["src/07_make_submission.py", "--config", cfg.recipe]
     ov = [f"data.input_dir={cfg.data.input_dir}"]
-    ok = subprocess.run(args + ["--check", str(r["zip"]), *ov], cwd=ROOT, capture_output=True, text=True)
-    bad = subprocess.run(args + ["--check", str(tmp / "bad.csv"), *ov], cwd=ROOT, capture_output=True, text=True)
+    ok = stage(*args, "--check", r["zip"], *ov)
+    bad = stage(*args, "--check", tmp / "bad.csv", *ov)
     assert ok.returncode == 0 and "OK" in ok.stdout
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "outside [0, 1]" in bad.stderr
 

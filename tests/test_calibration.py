@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO, run_script
+from conftest import DEMO
 from sklearn.isotonic import IsotonicRegression
 
 from cxrlt.config import load_config
@@ -68,7 +68,7 @@ def test_apply_calibration_reproduces_sklearn_and_survives_json():
     assert np.array_equal(apply_calibration(new, {"calibration": "none"}), new)
 
 
-def test_stage_06_isotonic_saves_calibrators_that_reproduce_its_ece(tiny_root, tmp_path):
+def test_stage_06_isotonic_saves_calibrators_that_reproduce_its_ece(tiny_root, tmp_path, stage):
     """A copy of the tiny demo's training CSV with one class emptied: that class gets no calibrator."""
     train = pd.read_csv(tiny_root / "demo" / "train.csv", dtype=str, keep_default_na=False)
     empty = LABELS_2023[-1]
@@ -85,7 +85,7 @@ def test_stage_06_isotonic_saves_calibrators_that_reproduce_its_ece(tiny_root, t
     (tmp_path / "e").mkdir()
     oof.to_csv(tmp_path / "e" / "oof.csv", index=False)
     seal(tmp_path / "e" / "metrics.json", {}, [tmp_path / "e" / "oof.csv"])   # as stage 04 vouches for it
-    res = run_script("src/06_thresholds.py", "--config", DEMO, *ov)
+    res = stage("src/06_thresholds.py", "--config", DEMO, *ov)
     assert res.returncode == 0, res.stderr
     assert "isotonic calibration: ECE" in res.stdout and "(honest: calibrators from the other folds)" in res.stdout
     assert f"no calibrator (no positive in OOF; left as is): {empty}" in res.stdout

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO, run_script
+from conftest import DEMO
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from cxrlt.config import load_config
@@ -120,16 +120,16 @@ def test_refuses_other_folds_missing_outputs_and_unknown_baseline(root, tmp_path
         compare_experiments([a], tmp_path / "cmp")
 
 
-def test_compare_script(root, tmp_path):
+def test_compare_script(root, tmp_path, stage):
     for n, q in (("x", 0.3), ("y", 0.1)):
         fake_experiment(root, tmp_path / "exp" / n, n, q, 5)
         (tmp_path / f"{n}.yaml").write_text(f"base: {DEMO}\noutput_dir: {tmp_path / 'exp' / n}\n")
     ov = [f"data.input_dir={root}", f"compare.dir={tmp_path / 'cmp'}"]
-    res = run_script("src/08_compare.py", "--recipes", f"{tmp_path / 'x.yaml'},{tmp_path / 'y.yaml'}", *ov)
+    res = stage("src/08_compare.py", "--recipes", f"{tmp_path / 'x.yaml'},{tmp_path / 'y.yaml'}", *ov)
     assert res.returncode == 0, res.stderr
     assert "| x " in res.stdout and "| y " in res.stdout and "baseline: x" in res.stdout
     assert (tmp_path / "cmp" / "compare_x-y" / "table.csv").is_file()
-    bad = run_script("src/08_compare.py", "--recipes", "no_such_recipe", *ov)
+    bad = stage("src/08_compare.py", "--recipes", "no_such_recipe", *ov)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "recipe not found" in bad.stderr
 
 

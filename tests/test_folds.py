@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-from conftest import run_script
 
 from cxrlt.config import Config
 from cxrlt.data.datasets import resolve_dataset
@@ -48,8 +47,8 @@ def test_stage_writes_skips_and_rebuilds(tiny_cfg):
     assert not r3["skipped"] and r3["path"].read_bytes() == first   # deterministic
 
 
-def test_stage_script_prints_table(tiny_root, tmp_path):
-    r = run_script("src/02_make_folds.py", "--config", "experiments/demo.yaml", f"data.input_dir={tiny_root}",
+def test_stage_script_prints_table(tiny_root, tmp_path, stage):
+    r = stage("src/02_make_folds.py", "--config", "experiments/demo.yaml", f"data.input_dir={tiny_root}",
                    f"folds.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert "Atelectasis" in r.stdout and "wrote" in r.stdout and (tmp_path / "demo_folds.csv").is_file()

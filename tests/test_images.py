@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REALDATA, run_script
+from conftest import REALDATA
 from PIL import Image
 
 from cxrlt.config import load_config
@@ -90,8 +90,8 @@ def test_bad_images_reported_and_the_rest_cached(tiny_cfg, tiny_root, tmp_path):
     assert len(list(cache.folder.glob("*.png"))) == 318
 
 
-def test_stage_script_reports_one_line_error(tmp_path):
-    r = run_script("src/01_prepare_images.py", "--config", "experiments/demo.yaml", f"data.input_dir={tmp_path}")
+def test_stage_script_reports_one_line_error(tmp_path, stage):
+    r = stage("src/01_prepare_images.py", "--config", "experiments/demo.yaml", f"data.input_dir={tmp_path}")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "file not found" in r.stderr
 

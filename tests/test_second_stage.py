@@ -121,21 +121,24 @@ def test_second_stage_refuses_a_recipe_unlike_its_first_stage(base, first, tmp_p
         train_second_stage(s2cfg(base, tmp_path / "y", first, "lws"), 0, progress=False)
 
 
-def test_crt_resume_after_a_kill_equals_an_uninterrupted_run(base, first, crt, tmp_path):
+def test_crt_resume_after_a_kill_equals_an_uninterrupted_run(base, first, crt, tmp_path, capsys):
     _, out = crt
     cfg = s2cfg(base, tmp_path / "killed", first, "crt")
     r = train_second_stage(cfg, 1, progress=False, stop_after=1)
     assert r["stopped"] and r["epoch"] == 1
+    capsys.readouterr()
     train_second_stage(cfg, 1, progress=False)
+    assert f"fold 1: crt over '{first}' done, val mAP " in capsys.readouterr().out      # stage 03's line
     a = pd.read_csv(out / "fold1" / "log.csv").drop(columns=["img_s", "time_s"])
     b = pd.read_csv(tmp_path / "killed" / "fold1" / "log.csv").drop(columns=["img_s", "time_s"])
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_tau_norm_scales_class_weights_and_keeps_each_class_ranking(base, first, tmp_path):
+def test_tau_norm_scales_class_weights_and_keeps_each_class_ranking(base, first, tmp_path, capsys):
     cfg = s2cfg(base, tmp_path / "tau", first, "tau_norm", "stage2.tau_grid=[0,1,2]")
     r = train_second_stage(cfg, 0, progress=False)
     tau = r["tau"]
+    assert f"fold 0: tau-norm picks tau={tau:g} (" in capsys.readouterr().out            # stage 03's line
     log = pd.read_csv(tmp_path / "tau" / "fold0" / "log.csv")
     assert list(log.tau) == [0, 1, 2] and tau == log.tau[log.train_macro_f1.idxmax()]
     assert log.val_mAP.nunique() == 1           # a positive per-class scale leaves every class's AP as it was

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO, ROOT, run_script
+from conftest import DEMO, ROOT
 
 from cxrlt.config import load_config
 from cxrlt.data.datasets import resolve_dataset
@@ -111,9 +111,9 @@ def make_broken(kind, d):
     ("zip_csv_in_folder", "the zip holds 'inner/sub.csv', not one CSV at its root"),
     ("zip_empty_csv", "(sub.csv in the zip): empty file"),
 ])
-def test_check_cli_names_a_broken_file_in_one_line(tmp_path, kind, message):
+def test_check_cli_names_a_broken_file_in_one_line(tmp_path, kind, message, stage):
     bad = make_broken(kind, tmp_path)
-    r = run_script("src/07_make_submission.py", "--config", DEMO, "--check", bad)
+    r = stage("src/07_make_submission.py", "--config", DEMO, "--check", bad)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"error: {bad}") and message in r.stderr, r.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, cfg_at, run_script
+from conftest import ROOT, cfg_at
 
 from cxrlt.config import Config
 from cxrlt.data.labels import LABELS_2023, LABELS_2024, ZERO_SHOT_2024_TASK3, ZERO_SHOT_2026_TASK2
@@ -162,7 +162,7 @@ def test_learned_queries_keep_the_old_weights_and_old_checkpoints_load():
     assert head_spec(Config(dict(old_model, class_queries="learned", text_encoder=None))) == head_spec(Config(old_model))
 
 
-def test_zero_shot_presets_submit_their_findings_in_order_and_check_validates(tmp_path):
+def test_zero_shot_presets_submit_their_findings_in_order_and_check_validates(tmp_path, stage):
     from cxrlt.config import load_config
     from cxrlt.data.datasets import resolve_dataset
     from cxrlt.ensemble.submission import make_submission
@@ -188,12 +188,12 @@ def test_zero_shot_presets_submit_their_findings_in_order_and_check_validates(tm
     r = make_submission(cfg)
     sub = pd.read_csv(r["csv"])
     assert list(sub.columns) == ["dicom_id", *ZERO_SHOT_2024_TASK3] and sub.dicom_id.tolist() == ids
-    ok = run_script(ROOT / "src" / "07_make_submission.py", "--config", ROOT / "experiments" / "demo.yaml", *ov,
+    ok = stage(ROOT / "src" / "07_make_submission.py", "--config", ROOT / "experiments" / "demo.yaml", *ov,
                     "--check", r["zip"])
     assert ok.returncode == 0 and "OK (6 rows" in ok.stdout, ok.stderr
     bad = tmp_path / "forty.csv"
     pd.read_csv(tmp_path / "exp" / "test.csv")[["dicom_id", *LABELS_2024]].to_csv(bad, index=False)
-    no = run_script(ROOT / "src" / "07_make_submission.py", "--config", ROOT / "experiments" / "demo.yaml", *ov,
+    no = stage(ROOT / "src" / "07_make_submission.py", "--config", ROOT / "experiments" / "demo.yaml", *ov,
                     "--check", bad)
     assert no.returncode == 2 and "wrong columns" in no.stderr and "Bulla" in no.stderr
 

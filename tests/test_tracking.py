@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DEMO, cfg_at, run_script
+from conftest import DEMO, cfg_at
 
 from cxrlt.config import Config
 from cxrlt.errors import CxrltError
@@ -52,10 +52,10 @@ def test_trackers_are_checked():
             tracker_names(Config(trackers=["tensorboard", "wandb"]))
 
 
-def test_piped_stage_prints_plain_progress_and_no_trackers_write_nothing(base, tmp_path, monkeypatch):
+def test_piped_stage_prints_plain_progress_and_no_trackers_write_nothing(base, tmp_path, monkeypatch, stage):
     monkeypatch.delenv("CXRLT_PROGRESS", raising=False)
-    res = run_script("src/03_train.py", "--config", DEMO, "--fold", "1", *base, f"output_dir={tmp_path}",
-                     "train.epochs=1", "train.trackers=[]")     # stdout and stderr are pipes, not terminals
+    res = stage("src/03_train.py", "--config", DEMO, "--fold", "1", *base, f"output_dir={tmp_path}",
+                "train.epochs=1", "train.trackers=[]")     # stdout and stderr are captured, not terminals
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
     assert "\r" not in out

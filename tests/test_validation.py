@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import cfg_at
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from cxrlt.data.datasets import resolve_dataset
@@ -106,10 +107,27 @@ def test_normalisation_never_reads_labels_and_removes_the_scale_drift(method):
     y, p, folds = drifted(True)
     norm = FoldNormaliser(method, p, folds)
     q = norm.oof()
-    perm = np.random.default_rng(0).permutation(len(y))
-    y_perm = y[perm]                                          # other labels, same scores: same result
+    # never reads a label: q is what the scores and folds alone give (recomputed here from them) ...
+    want = np.empty_like(p)
+    z = np.log(np.clip(p, 1e-7, 1 - 1e-7) / (1 - np.clip(p, 1e-7, 1 - 1e-7)))
+    mu = {k: z[folds == k].mean(0) for k in (0, 1)}
+    sd = {k: np.where(z[folds == k].std(0) > 0, z[folds == k].std(0), 1.0) for k in (0, 1)}
+    for k in (0, 1):
+        rows = folds == k
+        if method == "rank":                                  # mid-rank quantile within the fold
+            want[rows] = (rankdata(p[rows], axis=0) - 0.5) / rows.sum()
+        else:                                                 # onto the folds' mean logit location and scale
+            zk = (z[rows] - mu[k]) / sd[k] * np.mean([sd[0], sd[1]], 0) + np.mean([mu[0], mu[1]], 0)
+            want[rows] = 1 / (1 + np.exp(-zk))
+    assert np.allclose(q, want, atol=1e-9)
+    # ... and where labels meet the normalisation (the drift check's rank-normalised figure), other
+    # labels with the same scores are scored on the same label-free normalised scores
+    y_perm = y[np.random.default_rng(0).permutation(len(y))]
     assert y_perm.sum() == y.sum() and not np.array_equal(y_perm, y)
-    assert np.array_equal(FoldNormaliser(method, p, folds).oof(), q)
+    label_free = FoldNormaliser("rank", p, folds).oof()
+    for labels in (y, y_perm):
+        d = drift_check(labels, map_score(labels, p), 0.0, p, folds, NAMES, margin=0.0)
+        assert d["pooled_mAP_rank_normalised"] == pytest.approx(map_score(labels, label_free), abs=1e-12)
     assert q.min() >= 0 and q.max() <= 1
     for k in (0, 1):                                          # monotone per fold and class: each fold's AP kept
         rows = folds == k

@@ -1,10 +1,14 @@
-"""What every numbered stage script shares: arguments, config loading, one-line errors."""
+"""What every numbered stage script shares: arguments, config loading, one-line errors.
+
+Torch-free on purpose: a stage script parses its arguments and loads (checks) the recipe with
+this module alone, then imports its wing (torch, timm, albumentations ...), so `--help` and a bad
+key or value answer in about a second. Each script has `main(argv=None)`: tests call it in-process."""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from cxrlt.config import Config, load_config
 from cxrlt.errors import CxrltError
@@ -24,11 +28,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def run_stage(main: Callable[[], object]) -> None:
-    """Run a stage's main(); a CxrltError becomes 'error: ...' on stderr and exit status 2."""
+def run_stage(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's body main(argv) (argv None: the command line); a CxrltError becomes
+    'error: ...' on stderr and SystemExit(2), an interrupt exit status 130."""
     t0 = time.time()
     try:
-        main()
+        main(argv)
     except CxrltError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrlt.config import load_config
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
 
@@ -54,6 +55,12 @@ def experiment_dir(cfg) -> Path:
 
 def layout(cfg) -> Layout:
     return Layout(experiment_dir(cfg))
+
+
+def recipe_config(recipe: str, overrides=()):
+    """A recipe by name (experiments/<name>.yaml) or by path to its YAML file."""
+    path = recipe if recipe.endswith((".yaml", ".yml")) else project_path("experiments") / f"{recipe}.yaml"
+    return load_config(path, overrides)
 
 
 SCHEMES = ("kfold", "given")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlt.config import Config, load_config
+from cxrlt.config import Config
 from cxrlt.data.datasets import label_matrix, read_split
 from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import oof_table, training_counts
@@ -29,7 +29,7 @@ from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
 from cxrlt.evaluate.predictions import read_predictions
 from cxrlt.evaluate.validation import METRICS, best_epochs, drift_check, fold_summary, headline, view_groups
-from cxrlt.experiment import experiment_dir
+from cxrlt.experiment import experiment_dir, recipe_config
 from cxrlt.fileio import display_path, project_path, read_table, save_figure, write_csv, write_text
 from cxrlt.metrics import evaluate, map_score, prevalence_groups
 from cxrlt.stage import stage_frame, verified
@@ -46,12 +46,6 @@ NOTE = ("OOF figures over the same folds: pooled (one ranking over all images) a
 DIFF_NOTE = ("d_*: minus the baseline, pooled; 95 % CI: paired bootstrap over patients ({n} resamples, seed {seed}), "
              "n.d.: the interval contains 0, not distinguishable; d_mAP_folds: difference of per-fold mean mAP; "
              "won: folds in which the recipe's own mAP beats the baseline's")
-
-
-def recipe_config(recipe: str, overrides=()) -> Config:
-    """A recipe by name (experiments/<name>.yaml) or by path to its YAML file."""
-    path = recipe if recipe.endswith((".yaml", ".yml")) else project_path("experiments") / f"{recipe}.yaml"
-    return load_config(path, overrides)
 
 
 def _float(x) -> float:
