@@ -14,8 +14,8 @@ Everything is written in a work dir (a temp dir unless --workdir; removed unless
 and compare.dir inside it, nothing is written in the repository. The stages run as subprocesses of
 the real scripts with a tiny model (test_resnet, 32 px cache, 1 epoch of --steps steps, K folds):
 
-  01 cache, 02 folds (once); 03 train and 04 predict for --members member recipes (seeds/losses
-  differ); 05 blend of the members; 06 thresholds and 07 submission (+ --check) of the blend;
+  01 cache, 02 folds (once); 03 train and 04 predict for --members member recipes (their seed and
+  loss differ); 05 blend of the members; 06 thresholds and 07 submission (+ --check) of the blend;
   08 compare of the members.
 
 For each stage (members summed) it writes wall time, CPU time (user+sys of the stage's process

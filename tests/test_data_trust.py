@@ -44,7 +44,10 @@ def test_stage_07_writes_and_checks_a_submission_of_na_like_ids(tmp_path):
     from cxrlt.evaluate.predictions import write_predictions
 
     cfg = load_config(na_recipe(tmp_path))
+    from cxrlt.stage import seal
+
     write_predictions(tmp_path / "exp" / "test.csv", NA_IDS, np.linspace(0, 1, 12).reshape(6, 2), LABELS, "dicom_id")
+    seal(tmp_path / "exp" / "metrics.json", {}, [tmp_path / "exp" / "test.csv"])     # as stage 04 vouches for it
     r = make_submission(cfg)
     sub = pd.read_csv(r["csv"], dtype=str, keep_default_na=False)
     assert sub.dicom_id.tolist() == NA_IDS

@@ -185,6 +185,9 @@ def test_zero_shot_presets_submit_their_findings_in_order_and_check_validates(tm
     (tmp_path / "exp").mkdir()
     pd.DataFrame(rng.random((6, len(cols))), columns=cols).assign(dicom_id=ids)[["dicom_id", *cols]].to_csv(
         tmp_path / "exp" / "test.csv", index=False)
+    from cxrlt.stage import seal
+
+    seal(tmp_path / "exp" / "metrics.json", {}, [tmp_path / "exp" / "test.csv"])     # as stage 04 vouches for it
     r = make_submission(cfg)
     sub = pd.read_csv(r["csv"])
     assert list(sub.columns) == ["dicom_id", *ZERO_SHOT_2024_TASK3] and sub.dicom_id.tolist() == ids
