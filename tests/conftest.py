@@ -129,6 +129,25 @@ def trained(base, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def served(base, trained, tmp_path_factory):
+    """A copy of the tiny trained experiment with stage 04 (no study aggregation) and stage 06 done:
+    what the web page's tests serve (one copy per test module)."""
+    import shutil
+
+    from cxrlt.config import save_resolved
+    from cxrlt.ensemble.thresholds import tune_thresholds
+    from cxrlt.evaluate.predict import predict_experiment
+
+    out = tmp_path_factory.mktemp("served") / "demo"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("features", "*.csv", "metrics.json", "*.npz"))
+    cfg = cfg_at(base, out, "predict.study_aggregation=false", "predict.bootstrap=0")
+    predict_experiment(cfg, progress=False)
+    tune_thresholds(cfg)
+    save_resolved(cfg, out / "config.yaml")
+    return cfg, out
+
+
 # ---- tiers -------------------------------------------------------------------------------------
 TIERS = ("e2e", "bench", "browser", "subprocess", "slow")
 # fixtures that train (base: the tiny demo cached and folded, for tests that train on it; trained, sl_run:

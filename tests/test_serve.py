@@ -13,7 +13,6 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cfg_at
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -23,23 +22,6 @@ from cxrlt.data.datasets import read_split, resolve_dataset  # noqa: E402
 from cxrlt.data.images import decode_gray  # noqa: E402
 from cxrlt.serve.app import build_app  # noqa: E402
 from cxrlt.serve.predictor import Predictor  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def served(base, trained, tmp_path_factory):
-    """A copy of the tiny trained experiment with stage 04 (no study aggregation) and stage 06 done."""
-    from cxrlt.ensemble.thresholds import tune_thresholds
-    from cxrlt.evaluate.predict import predict_experiment
-
-    out = tmp_path_factory.mktemp("served") / "demo"
-    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("features", "*.csv", "metrics.json"))
-    cfg = cfg_at(base, out, "predict.study_aggregation=false", "predict.bootstrap=0")
-    predict_experiment(cfg, progress=False)
-    tune_thresholds(cfg)
-    from cxrlt.config import save_resolved
-
-    save_resolved(cfg, out / "config.yaml")
-    return cfg, out
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ import base64
 import io
 import json
 import re
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import cfg_at
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -24,22 +22,6 @@ from cxrlt.serve.app import build_app  # noqa: E402
 from cxrlt.serve.predictor import Predictor  # noqa: E402
 
 MB = 2**20
-
-
-@pytest.fixture(scope="module")
-def served(base, trained, tmp_path_factory):
-    """A copy of the tiny trained experiment with stage 04 (no study aggregation) and stage 06 done."""
-    from cxrlt.config import save_resolved
-    from cxrlt.ensemble.thresholds import tune_thresholds
-    from cxrlt.evaluate.predict import predict_experiment
-
-    out = tmp_path_factory.mktemp("bounds") / "demo"
-    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("features", "*.csv", "metrics.json", "*.npz"))
-    cfg = cfg_at(base, out, "predict.study_aggregation=false", "predict.bootstrap=0")
-    predict_experiment(cfg, progress=False)
-    tune_thresholds(cfg)
-    save_resolved(cfg, out / "config.yaml")
-    return cfg, out
 
 
 @pytest.fixture(scope="module")
