@@ -69,12 +69,12 @@ def main():
         r = client.post("/api/predict", files=files)
     api = (time.perf_counter() - t) / a.repeats
     # the floor: every fold model's forwards (the recipe's views) on the resized film, nothing else
-    views = ["none", *pred.members[0][0].views]
+    views = ["none", *pred.members[0][0].settings.views]
     with torch.no_grad():
         t = time.perf_counter()
         for _ in range(a.repeats):
             for m, _w in pred.members:
-                for net, arch in m.models:
+                for net, arch in m.models.values():
                     x = m.batch([film], arch, pred.device)
                     f = image_input(arch["mean"], arch["std"], False)
                     for v in views:

@@ -88,3 +88,11 @@ def test_configuration_doc_is_generated_from_the_schema():
     assert doc == schema.markdown(), "regenerate: python -m cxrlt.schema > docs/configuration.md"
     sections = {k: v for k, v in schema.defaults().items() if isinstance(v, dict)}
     assert all(f"`{s}.{k}`" in doc for s, fields in sections.items() for k in fields)   # every key documented
+
+
+def test_a_bare_no_is_the_precision_no():
+    # YAML 1.1 reads `train.precision=no` as false: it means the choice `no` (as the runtime always took it)
+    cfg = load_config(DEMO, ["train.precision=no", "predict.precision=off"])
+    assert cfg.train.precision == "no" and cfg.predict.precision == "no"
+    with pytest.raises(CxrltError, match=r"^train.precision must be one of no, fp16, bf16, not true"):
+        load_config(DEMO, ["train.precision=yes"])

@@ -86,9 +86,12 @@ def Num(lo=None, hi=None, *, lo_open=False, hi_open=False, whole=False, null=Fal
     return Annotated[Union[base, None] if null else base, BeforeValidator(check), Field(json_schema_extra=meta)]
 
 
-def Choice(*options, null=False):
-    """One of `options` (null too with null=True); a typo gets the choices and a suggestion."""
+def Choice(*options, null=False, false=None):
+    """One of `options` (null too with null=True); a typo gets the choices and a suggestion.
+    `false`: the option a YAML `no`/`off` (read as false) stands for, e.g. precision `no`."""
     def check(v):
+        if v is False and false is not None:
+            return false
         if (v is None and null) or (isinstance(v, str) and v in options):
             return v
         import difflib
@@ -289,7 +292,7 @@ class Train(Section):
     min_lr_ratio: Prob = D(0.01, "cosine decays to lr * min_lr_ratio")
     grad_clip: Num(0) = D(1.0, "max gradient norm; 0 disables")
     grad_accum: PosInt = D(1, "gradient accumulation steps")
-    precision: Choice(*PRECISIONS) = D("bf16", "no | fp16 | bf16 (CPU runs use fp32)")
+    precision: Choice(*PRECISIONS, false="no") = D("bf16", "no | fp16 | bf16 (CPU runs use fp32)")
     channels_last: Bool = D(True, "channels_last memory format end to end")
     compile: Bool = D(False, "torch.compile the model")
     ema: Bool = D(True, "validate and keep best.pt with an EMA of the weights")
@@ -334,7 +337,7 @@ class Predict(Section):
     normal_gating: Num(0, null=True) = D(None, "null | alpha: findings' probabilities times (1 - p_normal)^alpha")
     batch_size: PosInt = D(64, "per process")
     workers: Count = D(8, "loader processes")
-    precision: Choice(*PRECISIONS) = D("bf16", "no | fp16 | bf16 (CPU runs use fp32)")
+    precision: Choice(*PRECISIONS, false="no") = D("bf16", "no | fp16 | bf16 (CPU runs use fp32)")
     study_aggregation: Bool = D(True, "every image of a study gets the study's view-weighted mean (if there is a study column)")
     view_weights: dict[str, Num(0)] = D({"PA": 7, "AP": 7, "LATERAL": 3, "LL": 3}, "weights of views in the study mean (add views with +predict.view_weights.<VIEW>=w)", kind="mapping of view to number >= 0")
     other_view_weight: Num(0) = D(5, "weight of any other view")
