@@ -243,6 +243,7 @@ def test_blend_carries_zero_shot_columns_every_member_has(base, tmp_path):
     from test_blend_submit import fake_member
 
     from cxrlt.ensemble.blend import blend_experiment
+    from cxrlt.stage import seal
 
     cfg = cfg_at(base, tmp_path / "x")
     members = [fake_member(cfg, tmp_path / m, 0.3, s) for m, s in (("a", 1), ("b", 2))]
@@ -252,6 +253,7 @@ def test_blend_carries_zero_shot_columns_every_member_has(base, tmp_path):
         if i == 1:
             t = t.drop(columns="Bulla")      # only in one member: not carried
         t.to_csv(m / "test.csv", index=False)
+        seal(m / "metrics.json", {"mAP": 0.5}, [m / "oof.csv", m / "test.csv"])    # as stage 04 vouches for it
     r = blend_experiment(cfg_at(base, tmp_path / "blend", "blend.mode=mean", f"blend.members=[{members[0]}, {members[1]}]"))
     test = pd.read_csv(r["dir"] / "test.csv")
     assert list(test.columns) == ["dicom_id", *LABELS_2023, "Goiter"]
