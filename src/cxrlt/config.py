@@ -160,8 +160,7 @@ def apply_override(cfg: dict, item: str) -> None:
 
 def format_error(err: dict) -> str:
     """One pydantic error as our one line: `key=value: must be ...`, `key must be one of ..., not 'x'`."""
-    loc = [str(p) for p in err["loc"]]
-    path = ".".join(p for p in loc)
+    path = ".".join(str(p) for p in err["loc"])
     value = err.get("input")
     ctx = err.get("ctx") or {}
     if err["type"] == "extra_forbidden":

@@ -63,9 +63,6 @@ def recipe_config(recipe: str, overrides=()):
     return load_config(path, overrides)
 
 
-SCHEMES = ("kfold", "given")
-
-
 def given_split(cfg) -> bool:
     """folds.scheme=given: one model trained on the training CSV, its epoch picked on data.val_csv."""
     return cfg.folds.scheme == "given"

@@ -15,38 +15,37 @@ resolves to exactly the values it did before the schema existed; whole-number ke
 from __future__ import annotations
 
 import math
-import re
 import sys
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-# ---------------------------------------------------------------- choices (imported by the modules)
-PRESETS = ("cxr-lt-2023", "cxr-lt-2024-task1", "cxr-lt-2024-task2", "cxr-lt-2024-task3", "cxr-lt-2026",
-           "cxr-lt-2026-task2", "demo", "nih-cxr-lt", "mimic-cxr-lt", "demo-single-label", "custom")
-TASKS = ("multilabel", "multiclass")
-RESIZE_MODES = ("stretch", "pad")
-CACHE_FORMATS = ("png", "jpg")
-FOLD_SCHEMES = ("kfold", "given")
-PRETRAINED_FORMATS = ("timm", "torchxrayvision", "hf-dinov2")
-HEADS = ("linear", "ml_decoder", "csra")
-CLASS_QUERIES = ("learned", "text")
-LOSSES = ("focal", "bce", "weighted_bce", "asl", "ldam", "db", "ral", "ce")
-CLASS_WEIGHTS = ("inverse", "inverse_sqrt", "cb", "rw")
-MOSAIC_VARIANTS = ("crop", "resize")
-MIX_LABELS = ("union", "linear")
-PRECISIONS = ("no", "fp16", "bf16")
-SAMPLERS = ("random", "class_aware", "class_balanced")
-TRACKERS = ("tensorboard", "wandb", "mlflow")
-STAGE2_METHODS = ("crt", "tau_norm", "fusion")
-CACHE_DTYPES = ("float16", "float32")
-TTA_MEANS = ("prob", "logit", "gmean")
-OOF_NORMALISE = ("none", "rank", "logit_standardise")
-USE_FULL_FIT = ("none", "with_folds", "alone")
-BLEND_MODES = ("mean", "rank", "fit", "route")
-CALIBRATIONS = ("none", "temperature", "isotonic")
-TTA_VIEW = re.compile(r"^(scale|rotate)_([-+]?\d+(?:\.\d+)?)$")
+from cxrlt.choices import (  # noqa: F401 (re-exported: schema.PRESETS etc.)
+    PRESETS,
+    TASKS,
+    RESIZE_MODES,
+    CACHE_FORMATS,
+    FOLD_SCHEMES,
+    PRETRAINED_FORMATS,
+    HEADS,
+    CLASS_QUERIES,
+    LOSSES,
+    CLASS_WEIGHTS,
+    MOSAIC_VARIANTS,
+    MIX_LABELS,
+    PRECISIONS,
+    SAMPLERS,
+    TRACKERS,
+    STAGE2_METHODS,
+    CACHE_DTYPES,
+    TTA_MEANS,
+    OOF_NORMALISE,
+    USE_FULL_FIT,
+    BLEND_MODES,
+    CALIBRATIONS,
+    TTA_VIEW,
+)
 
 
 # ---------------------------------------------------------------- field types

@@ -25,7 +25,6 @@ def combine_labels(ys: np.ndarray, normal: int | None = None, allowed: tuple[int
     return y
 
 
-MOSAIC_VARIANTS = ("crop", "resize")
 
 
 def mosaic(images: list[np.ndarray], size: int, variant: str, rng: random.Random):

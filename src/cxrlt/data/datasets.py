@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlt.choices import TASKS
 from cxrlt.data.labels import (
     LABELS_2023,
     LABELS_2024,
@@ -30,7 +31,6 @@ from cxrlt.errors import CxrltError, clip
 from cxrlt.fileio import display_path, project_path, read_table
 
 SPLITS = ("train", "val", "dev", "test")
-TASKS = ("multilabel", "multiclass")
 # Benchmark groups of a multiclass task by training images per class (Holste et al., MICCAI DALI 2022):
 # tail < 100 <= medium <= 1000 < head.
 BENCHMARK_GROUPS = (100, 1000)

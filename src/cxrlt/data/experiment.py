@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cxrlt.config import Config, load_yaml, validate
+from cxrlt import schema
+from cxrlt.config import Config, deep_merge, load_yaml, validate
 from cxrlt.data.datasets import DatasetSpec, resolve_dataset
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import Layout, experiment_dir, fold_ids, given_split
+from cxrlt.experiment import Layout, experiment_dir, fold_ids
 from cxrlt.fileio import display_path
 
 
@@ -48,29 +49,18 @@ class Experiment:
         folder = Path(folder)
         path = folder / recipe
         if not path.is_file():
-            raise CxrltError(f"{display_path(folder)}: not an experiment folder (no config.yaml)")
+            raise CxrltError(f"{display_path(folder)}: not an experiment folder (no {recipe})")
         saved = load_yaml(path.read_text()) or {}
         for k in ("recipe", "overrides"):
             saved.pop(k, None)
-        from cxrlt import schema
-        from cxrlt.config import deep_merge
-
         cfg = Config(validate(deep_merge(schema.defaults(), {**saved, "output_dir": str(folder)})))
         cfg["recipe"] = str(path)
         cfg["overrides"] = []
         return cls.of(cfg)
 
     @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
     def dir(self) -> Path:
         return self.layout.dir
-
-    @property
-    def given(self) -> bool:
-        return given_split(self.cfg)
 
     @property
     def fold_ids(self) -> list[int]:

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from cxrlt.choices import RESIZE_MODES
 from cxrlt.fileio import project_path, read_table, write_bytes, write_csv
 
-RESIZE_MODES = ("stretch", "pad")
 FORMATS = {"png": ".png", "jpg": ".jpg"}
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from cxrlt.data.augment import MOSAIC_VARIANTS, build_transform, combine_labels, cutmix_box, mosaic
+from cxrlt.choices import MOSAIC_VARIANTS, SAMPLERS
+from cxrlt.data.augment import build_transform, combine_labels, cutmix_box, mosaic
 from cxrlt.data.images import read_cached
 from cxrlt.errors import CxrltError
 
@@ -153,7 +154,6 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     return np.where(none, 1.0 / max(int(none.sum()), 1), per_image)
 
 
-SAMPLERS = ("random", "class_aware", "class_balanced")
 
 
 def make_loader(ds: CxrDataset, batch_size: int, workers: int, train: bool, tcfg=None) -> DataLoader:

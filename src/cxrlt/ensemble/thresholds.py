@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrlt.choices import CALIBRATIONS
 from cxrlt.config import Config, rerun_hint
 from cxrlt.data.datasets import label_matrix
 from cxrlt.data.experiment import Experiment
@@ -52,7 +53,6 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thr[int(np.argmax(f1))])
 
 
-CALIBRATIONS = ("none", "temperature", "isotonic")
 
 
 def fit_thresholds(y: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrlt.choices import OOF_NORMALISE as METHODS
 from cxrlt.errors import CxrltError
 
-METHODS = ("none", "rank", "logit_standardise")
 _EPS = 1e-7
 
 

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from cxrlt.choices import USE_FULL_FIT as USE_FULL
 from cxrlt.config import Config, rerun_hint, save_resolved
 from cxrlt.data.datasets import check_task, read_split
 from cxrlt.data.experiment import Experiment
@@ -304,7 +305,6 @@ def _logits(net, arch, spec, df, files, accelerator, ck, views, cfg) -> dict:
     return by_view if study_of is None else {v: t[study_of] for v, t in by_view.items()}
 
 
-USE_FULL = ("none", "with_folds", "alone")
 
 
 def _full_fit(cfg, spec) -> dict | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cxrlt.choices import CLASS_WEIGHTS as SCHEMES
 from cxrlt.errors import CxrltError
 
-SCHEMES = ("inverse", "inverse_sqrt", "cb", "rw")
 
 
 def class_weights(positives, n: int, mode: str | None, beta: float = 0.9999) -> torch.Tensor | None:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from cxrlt.choices import PRETRAINED_FORMATS as FORMATS
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path
 
-FORMATS = ("timm", "torchxrayvision", "hf-dinov2")
 XRV_MEAN, XRV_STD = 0.5, 1.0 / 2048          # uint8 / 255 -> [-1024, 1024]
 _LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 

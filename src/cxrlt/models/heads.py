@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cxrlt.choices import CLASS_QUERIES, HEADS
 from cxrlt.errors import CxrltError
 
-HEADS = ("linear", "ml_decoder", "csra")
 # keys each head reads, with the defaults that mean "not set" for the others (checked by check_head)
 HEAD_KEYS = {"ml_decoder": {"decoder_dim": 768, "decoder_heads": 8, "decoder_layers": 1, "class_queries": "learned",
                             "text_encoder": None, "prompt": "chest x-ray showing {label}"},
@@ -41,7 +41,7 @@ def check_head(mcfg) -> str:
                     raise CxrltError(f"model.{k}={mcfg[k]!r} is read by model.head={other} only, "
                                      f"not by model.head={head}; remove it or set model.head={other}")
     queries = mcfg.get("class_queries", "learned")
-    if queries not in ("learned", "text"):
+    if queries not in CLASS_QUERIES:
         raise CxrltError(f"model.class_queries must be learned or text, not '{queries}'")
     if queries == "text" and not mcfg.get("text_encoder") and not mcfg.get("text_dim"):
         raise CxrltError("model.class_queries=text needs model.text_encoder (a Hugging Face model name or a local folder)")

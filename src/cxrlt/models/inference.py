@@ -16,15 +16,14 @@ rotation of a non-square image is not sheared); what comes from outside the imag
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 
+from cxrlt.choices import TTA_MEANS
+from cxrlt.choices import TTA_VIEW as _AFFINE  # the views predict.tta accepts (the schema checks with it)
 from cxrlt.errors import CxrltError
 
-TTA_MEANS = ("prob", "logit", "gmean")
-_AFFINE = re.compile(r"^(scale|rotate)_([-+]?\d+(?:\.\d+)?)$")
 
 
 def to_model_input(x: torch.Tensor, mean: float, std: float, channels_last: bool) -> torch.Tensor:

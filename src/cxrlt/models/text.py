@@ -28,7 +28,6 @@ import numpy as np
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path, to_json, write_text
 
-CLASS_QUERIES = ("learned", "text")
 CACHE_NAME = "text_embeddings.json"
 # BERT's special tokens, first in a vocabulary (ids 0-4, as in bert-base-uncased's order of use)
 SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlt.choices import CACHE_DTYPES as DTYPES
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, stamps, to_json, write_text
 
-DTYPES = ("float16", "float32")
 
 
 def cache_key(checkpoint: Path, ids, views, dtype: str, kind: str) -> dict:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrlt.choices import STAGE2_METHODS as METHODS
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.experiment import Experiment
 from cxrlt.data.loader import CxrDataset, make_loader
@@ -59,7 +60,6 @@ from cxrlt.train.fold import OUTPUTS, cosine_with_warmup, finished
 from cxrlt.train.loop import set_epoch, train_one_epoch, val_figures
 from cxrlt.train.saver import CheckpointSaver, write_best
 
-METHODS = ("crt", "tau_norm", "fusion")
 
 
 def is_second_stage(cfg) -> bool:

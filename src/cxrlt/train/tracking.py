@@ -14,11 +14,11 @@ import re
 import numpy as np
 import pandas as pd
 
+from cxrlt.choices import TRACKERS
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import read_table
 from cxrlt.metrics import mean_ap
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
 EPOCH_SCALARS = ("train_loss", "val_loss", "val_mAP", "val_mAUC", "val_bAcc", "lr", "img_s")
 TB_FOLDER = "tb"  # inside the fold's folder
 
