@@ -16,7 +16,7 @@ def main():
     from accelerate import Accelerator
 
     from cxrlt.data.loader import CxrDataset, make_loader
-    from cxrlt.data.splits import training_data
+    from cxrlt.data.experiment import Experiment
     from cxrlt.models.factory import create_model
     from cxrlt.models.inference import predict_loader, to_model_input
     from cxrlt.runtime import precision_mode
@@ -36,7 +36,7 @@ def main():
             net(to_model_input(x, 0.45, 0.23, True)).float().cpu()
         sync()
     bare = args.steps * args.batch_size / (time.perf_counter() - t)
-    spec, df, files, y, fold_of = training_data(cfg)
+    files = Experiment.of(cfg).training().files
     n = min(len(files), args.steps * args.batch_size)
     loader = acc.prepare(make_loader(CxrDataset(files[:n]), args.batch_size, args.workers, False))
     predict_loader(net, loader, acc, 0.45, 0.23, True, hflip=True)  # warm-up pass (workers, kernels)

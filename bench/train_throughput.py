@@ -63,9 +63,10 @@ def real_rate(cfg, args) -> float:
 def loader_rate(cfg, args) -> tuple[float, int]:
     """img/s of the training loader alone (cache decode + augmentation + mosaic), and its workers."""
     from cxrlt.data.loader import CxrDataset, make_loader
-    from cxrlt.data.splits import training_data
+    from cxrlt.data.experiment import Experiment
 
-    spec, df, files, y, fold_of = training_data(cfg)
+    exp = Experiment.of(cfg)
+    spec, files, y = exp.spec, exp.training().files, exp.training().y
     ds = CxrDataset(files, y, cfg.augment, spec.labels.index(spec.normal_label), ())
     loader = make_loader(ds, args.batch_size, args.workers, True, cfg.train)
     n, t, it = 0, None, iter(loader)

@@ -11,9 +11,10 @@ def run(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
     if given_split(cfg):
+        from cxrlt.data.experiment import Experiment
         from cxrlt.data.splits import given_summary
 
-        r = given_summary(cfg)
+        r = given_summary(cfg, Experiment.of(cfg).spec)
         print(r["table"].to_string())
         print(f"folds.scheme=given: trains on the training CSV ({r['n_train']} images), picks the epoch on "
               f"{display_path(r['val_csv'])} ({r['n_val']} images); no folds file")

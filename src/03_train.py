@@ -17,16 +17,14 @@ def run(argv=None):
     args = p.parse_args(argv)
     cfg = config_from_args(args)
     # the wing only now: --help and a bad recipe answer before torch & co. load
-    from cxrlt.train.fold import train_fold
-    from cxrlt.train.second_stage import is_second_stage, train_second_stage
+    from cxrlt.train.fold import is_second_stage, train_fold
 
     folds = [args.fold] if args.fold is not None else (cfg.train.folds or fold_ids(cfg))
     if args.full:
         if is_second_stage(cfg):
             raise CxrltError("--full: a second stage has no full-data fit (it trains over each fold's backbone)")
         folds = []
-    train = train_second_stage if is_second_stage(cfg) else train_fold
-    results = [train(cfg, int(f), force=args.force) for f in folds]
+    results = [train_fold(cfg, int(f), force=args.force) for f in folds]
     if (args.full or (cfg.train.full_fit and args.fold is None)) and not is_second_stage(cfg):
         r = train_fold(cfg, FULL, force=args.force)
         print(f"full-data fit: {'already finished' if r.get('skipped') else 'trained'}, {r['epochs']} epochs "

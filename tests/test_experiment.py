@@ -38,3 +38,39 @@ def test_layout_paths_from_a_folder_match_the_recipe_helpers(tmp_path):
         lay.best(k).write_bytes(b"x")
     lay.done(2).write_text("{}")
     assert lay.finished_folds() == [2]                    # fold 0 has no done.json: still training
+
+
+def test_training_table_is_read_once_and_again_when_the_folds_change(base, tmp_path, monkeypatch):
+    """The Experiment reads the training table, cache check and folds once per stage; rewriting the
+    folds file (stage 02 --force) is seen; the assignment hash and fingerprint come from it."""
+    import numpy as np
+
+    from conftest import cfg_at
+
+    from cxrlt.data import splits
+    from cxrlt.fileio import read_table, write_csv
+
+    calls = []
+    real = splits.training_data
+    monkeypatch.setattr(splits, "training_data", lambda *a: calls.append(1) or real(*a))
+    folds_dir = tmp_path / "folds"
+    folds_dir.mkdir()
+    ov = dict(o.split("=", 1) for o in base)
+    src = next(iter(__import__("pathlib").Path(ov["folds.dir"]).glob("*_folds.csv")))
+    write_csv(folds_dir / src.name, read_table(src))
+    cfg = cfg_at(base, tmp_path / "e", f"folds.dir={folds_dir}")
+    exp = Experiment.of(cfg)
+    t = exp.training()
+    assert exp.training() is t and len(calls) == 1
+    assert exp.assignment() == t.assignment() == splits.assignment_hash(t.ids, t.fold_of)
+    tr, va = t.split(2)
+    assert set(tr).isdisjoint(va) and len(tr) + len(va) == len(t.df) and (t.fold_of[va] == 2).all()
+    fp = exp.fingerprint(0)
+    assert fp["folds"] == t.assignment() and fp["labels"] == list(exp.spec.labels)
+    assert exp.fingerprint(FULL)["folds"] == "full:" + splits.assignment_hash(t.ids, np.zeros(len(t.ids), int))
+    folds = read_table(folds_dir / src.name)
+    folds["fold"] = (folds["fold"] + 1) % 5                  # the same folds, renumbered: another assignment
+    write_csv(folds_dir / src.name, folds)
+    t2 = exp.training()
+    assert t2 is not t and len(calls) == 2 and exp.assignment() != t.assignment()
+    assert (t2.fold_of == (t.fold_of + 1) % 5).all()

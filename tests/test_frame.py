@@ -123,7 +123,7 @@ def fold_files(d):
 
 @pytest.mark.parametrize("bad", ["model.name=nonexistent_model", "train.lr=nan", "epoch"])
 def test_failing_forced_retrain_keeps_the_finished_fold(base, tmp_path, bad, monkeypatch):
-    from cxrlt.train import fold as fold_module
+    from cxrlt.train import trainer as fold_module
     from cxrlt.train.fold import train_fold
 
     short = ["train.epochs=1", "train.max_steps_per_epoch=2"]

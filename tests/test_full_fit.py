@@ -12,7 +12,8 @@ from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predict import predict_experiment
 from cxrlt.experiment import FULL
 from cxrlt.models.checkpoint import load
-from cxrlt.train.fold import full_fit_epochs, train_fold
+from cxrlt.train.fold import train_fold
+from cxrlt.train.image import full_fit_epochs
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from conftest import DEMO, ROOT, cfg_at
 
 from cxrlt.evaluate.predict import predict_experiment
-from cxrlt.train.second_stage import train_second_stage
+from cxrlt.train.fold import train_fold
 
 # accelerate 1.x starts one process for `--cpu --num_processes 2`; two CPU ranks (gloo) need the
 # torchrun-based launcher with the CPU forced through the environment.
@@ -53,7 +53,7 @@ def test_second_stage_feature_cache_is_sharded_and_written_once(base, trained, t
           "stage2.workers=0", "train.trackers=[]", "predict.tta=none", "predict.study_aggregation=false",
           "predict.bootstrap=0", "loss.name=bce"]
     first1, first2 = copy_of(trained, tmp_path / "first1"), copy_of(trained, tmp_path / "first2")
-    train_second_stage(cfg_at(base, tmp_path / "s1", f"stage2.from={first1}", *s2), 0, progress=False)
+    train_fold(cfg_at(base, tmp_path / "s1", f"stage2.from={first1}", *s2), 0, progress=False)
     launch2("03_train.py", "--fold", "0", *base, f"output_dir={tmp_path / 's2'}", f"stage2.from={first2}", *s2)
     files1 = sorted(p.relative_to(first1) for p in (first1 / "features").rglob("*") if p.is_file())
     files2 = sorted(p.relative_to(first2) for p in (first2 / "features").rglob("*") if p.is_file())

@@ -12,6 +12,7 @@ from cxrlt.config import Config
 from cxrlt.data.images import read_cached
 from cxrlt.data.labels import LABELS_2023
 from cxrlt.data.loader import CxrDataset, make_loader
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import training_data
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predict import predict_experiment
@@ -26,7 +27,7 @@ def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base
     shutil.copytree(trained, out)
     cfg = cfg_at(base, out, "predict.tta=none", "predict.study_aggregation=false")
     predict_experiment(cfg, progress=False)
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     oof = pd.read_csv(out / "oof.csv", dtype={"dicom_id": str})
     assert list(oof.dicom_id) == list(df.dicom_id) and oof.fold.tolist() == fold_of.tolist()
     imgs = torch.stack([torch.from_numpy(read_cached(f))[None] for f in files])
@@ -47,7 +48,7 @@ def test_oof_covers_each_image_once_from_the_model_that_did_not_train_on_it(base
 def test_demo_report_matches_sklearn_and_studies_share_rows(base, trained):
     cfg = cfg_at(base, trained)
     predict_experiment(cfg, progress=False)
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     oof = pd.read_csv(trained / "oof.csv", dtype={"dicom_id": str})
     m = json.loads((trained / "metrics.json").read_text())
     assert m["mAP"] == pytest.approx(np.nanmean(per_class(y, oof[LABELS_2023].to_numpy())), abs=1e-12)
@@ -136,7 +137,7 @@ def test_pooled_and_per_fold_figures_and_label_free_fold_normalisation(base, tra
     assert runs["real"] == runs["shuffled"]                        # normalisation never reads a label
     out = tmp_path / "real"
     cfg = cfg_at(base, out, "predict.tta=none", "predict.oof_normalise=rank")
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     m = json.loads((out / "metrics.json").read_text())
     assert m["final"] == "no_tta/study/rank" and m["settings"]["oof_normalise"] == "rank"
     oof = pd.read_csv(out / "oof.csv", dtype={"dicom_id": str})

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from conftest import cfg_at
 
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import training_data
 from cxrlt.ensemble.blend import blend_experiment
 from cxrlt.errors import CxrltError
@@ -43,7 +44,7 @@ def routed(base, trained, tmp_path_factory):
 
 def test_specialists_train_on_their_views_with_the_same_folds(base, routed):
     cfg, root, _ = routed
-    spec, df, _, _, fold_of = training_data(cfg)
+    spec, df, _, _, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     oof = pd.read_csv(root / "frontal" / "oof.csv", dtype={spec.id_col: str})
     want = df[df[spec.view_col].isin(["PA", "AP"])]
     assert sorted(oof[spec.id_col]) == sorted(want[spec.id_col])
@@ -53,7 +54,7 @@ def test_specialists_train_on_their_views_with_the_same_folds(base, routed):
 
 def test_routed_oof_covers_each_image_once_from_its_specialist(routed):
     cfg, root, r = routed
-    spec, df, _, _, fold_of = training_data(cfg)
+    spec, df, _, _, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     oof = pd.read_csv(root / "routed" / "oof.csv", dtype={spec.id_col: str})
     assert oof[spec.id_col].tolist() == df[spec.id_col].tolist() and (oof.fold.to_numpy() == fold_of).all()
     names = list(spec.labels)
@@ -83,7 +84,7 @@ def test_the_web_page_routes_a_film_to_its_specialist(base, routed):
     from cxrlt.serve.predictor import Predictor
 
     cfg, root, _ = routed
-    spec, df, *_ = training_data(cfg)
+    spec, df, *_ = training_data(cfg, Experiment.of(cfg).spec)
     row = df[df[spec.view_col] == "LATERAL"].iloc[0]
     upload = [(row[spec.path_col], (spec.image_root / row[spec.path_col]).read_bytes())]
     got = Predictor(root / "routed").predict(upload, ["LATERAL"])["findings"]

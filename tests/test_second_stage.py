@@ -10,12 +10,13 @@ import torch
 from conftest import cfg_at
 from sklearn.metrics import average_precision_score
 
+from cxrlt.data.experiment import Experiment
 from cxrlt.data.splits import training_data
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predict import predict_experiment
 from cxrlt.models.checkpoint import load, load_model, save
 from cxrlt.train.features import FeatureStore, cache_key
-from cxrlt.train.second_stage import train_second_stage
+from cxrlt.train.fold import train_fold
 
 S2 = ["stage2.cache_dtype=float32", "stage2.epochs=3", "stage2.batch_size=32", "stage2.workers=0", "train.trackers=[]",
       "predict.tta=none", "predict.study_aggregation=false", "predict.bootstrap=0", "loss.name=bce"]
@@ -67,13 +68,13 @@ def crt(base, first, tmp_path_factory):
     out = tmp_path_factory.mktemp("crt")
     cfg = s2cfg(base, out, first, "crt")
     for k in range(5):
-        train_second_stage(cfg, k, progress=False)
+        train_fold(cfg, k, progress=False)
     return cfg, out
 
 
 def test_crt_oof_from_images_equals_validation_on_cached_features(crt):
     cfg, out = crt
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     r = predict_experiment(cfg, progress=False)
     oof = pd.read_csv(out / "oof.csv", dtype={spec.id_col: str}).set_index(spec.id_col)
     names = list(spec.labels)
@@ -103,31 +104,31 @@ def test_second_stage_uses_only_its_folds_backbone(base, first, crt, tmp_path):
         ck["model"] = {n: torch.randn_like(t) if t.is_floating_point() else t for n, t in ck["model"].items()}
         save(ck, p)
     cfg = s2cfg(base, tmp_path / "again", poisoned, "crt")
-    train_second_stage(cfg, 0, progress=False)
+    train_fold(cfg, 0, progress=False)
     a = pd.read_csv(out / "fold0" / "val_predictions.csv")
     b = pd.read_csv(tmp_path / "again" / "fold0" / "val_predictions.csv")
     pd.testing.assert_frame_equal(a, b)
     # and a missing first-stage fold is a one-line error naming it
     shutil.rmtree(poisoned / "fold2")
     with pytest.raises(CxrltError, match=r"stage2.from '.*poisoned': fold 2 is not finished \(no .*fold2/done.json\)"):
-        train_second_stage(cfg, 2, progress=False)
+        train_fold(cfg, 2, progress=False)
 
 
 def test_second_stage_refuses_a_recipe_unlike_its_first_stage(base, first, tmp_path):
     cfg = s2cfg(base, tmp_path / "x", first, "crt", "model.drop_rate=0.1", "cache.size=48")
     with pytest.raises(CxrltError, match=r"image_size: 32 -> 48.*start this recipe with `base:"):
-        train_second_stage(cfg, 0, progress=False)
+        train_fold(cfg, 0, progress=False)
     with pytest.raises(CxrltError, match="stage2.method must be one of crt, tau_norm, fusion"):
-        train_second_stage(s2cfg(base, tmp_path / "y", first, "lws"), 0, progress=False)
+        train_fold(s2cfg(base, tmp_path / "y", first, "lws"), 0, progress=False)
 
 
 def test_crt_resume_after_a_kill_equals_an_uninterrupted_run(base, first, crt, tmp_path, capsys):
     _, out = crt
     cfg = s2cfg(base, tmp_path / "killed", first, "crt")
-    r = train_second_stage(cfg, 1, progress=False, stop_after=1)
+    r = train_fold(cfg, 1, progress=False, stop_after=1)
     assert r["stopped"] and r["epoch"] == 1
     capsys.readouterr()
-    train_second_stage(cfg, 1, progress=False)
+    train_fold(cfg, 1, progress=False)
     assert f"fold 1: crt over '{first}' done, val mAP " in capsys.readouterr().out      # stage 03's line
     a = pd.read_csv(out / "fold1" / "log.csv").drop(columns=["img_s", "time_s"])
     b = pd.read_csv(tmp_path / "killed" / "fold1" / "log.csv").drop(columns=["img_s", "time_s"])
@@ -136,7 +137,7 @@ def test_crt_resume_after_a_kill_equals_an_uninterrupted_run(base, first, crt, t
 
 def test_tau_norm_scales_class_weights_and_keeps_each_class_ranking(base, first, tmp_path, capsys):
     cfg = s2cfg(base, tmp_path / "tau", first, "tau_norm", "stage2.tau_grid=[0,1,2]")
-    r = train_second_stage(cfg, 0, progress=False)
+    r = train_fold(cfg, 0, progress=False)
     tau = r["tau"]
     assert f"fold 0: tau-norm picks tau={tau:g} (" in capsys.readouterr().out            # stage 03's line
     log = pd.read_csv(tmp_path / "tau" / "fold0" / "log.csv")
@@ -145,7 +146,7 @@ def test_tau_norm_scales_class_weights_and_keeps_each_class_ranking(base, first,
     w0 = load(cfg.stage2["from"] + "/fold0/best.pt")["model"]["fc.weight"].double()
     w = load(tmp_path / "tau" / "fold0" / "best.pt")["model"]["fc.weight"].double()
     assert torch.allclose(w, w0 / w0.norm(dim=1, keepdim=True) ** tau, atol=1e-6)
-    spec, df, _, y, fold_of = training_data(cfg)
+    spec, df, _, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     first_val = pd.read_csv(cfg.stage2["from"] + "/fold0/val_predictions.csv", dtype={spec.id_col: str})
     tau_val = pd.read_csv(tmp_path / "tau" / "fold0" / "val_predictions.csv", dtype={spec.id_col: str})
     yv = pd.DataFrame(y, index=df[spec.id_col]).loc[tau_val[spec.id_col]].to_numpy()
@@ -161,14 +162,14 @@ def fusion(base, first, tmp_path_factory):
     out = tmp_path_factory.mktemp("fusion")
     cfg = s2cfg(base, out, first, "fusion", "stage2.grid=1", "stage2.dim=16", "stage2.heads=4", "stage2.layers=1")
     for k in range(5):
-        train_second_stage(cfg, k, progress=False)
+        train_fold(cfg, k, progress=False)
     predict_experiment(cfg, progress=False)
     return cfg, out
 
 
 def test_fusion_study_predictions_from_file_alone_match_training(fusion):
     cfg, out = fusion
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     val = pd.read_csv(out / "fold0" / "val_predictions.csv", dtype={spec.id_col: str})
     study = df.set_index(spec.id_col).loc[val[spec.id_col], spec.study_col].to_numpy()
     names = list(spec.labels)
@@ -187,7 +188,7 @@ def test_fusion_experiment_served_answers_its_study_prediction(fusion):
     from cxrlt.serve.predictor import Predictor
 
     cfg, out = fusion
-    spec, df, files, y, fold_of = training_data(cfg)
+    spec, df, files, y, fold_of = training_data(cfg, Experiment.of(cfg).spec)
     multi = df[fold_of == 1].groupby(spec.study_col).filter(lambda g: len(g) > 1)
     sid = multi[spec.study_col].iloc[0]
     rows = df[df[spec.study_col] == sid]
@@ -207,7 +208,7 @@ def test_comparison_counts_a_second_stage_s_feature_and_training_seconds(crt, ba
     secs = [json.loads((out / f"fold{k}" / "done.json").read_text())["seconds"]["total"] for k in range(5)]
     assert train_minutes(out) == pytest.approx(sum(secs) / 60)
     tau = tmp_path / "tau"
-    train_second_stage(s2cfg(base, tau, first, "tau_norm"), 0, progress=False)   # log.csv without time_s
+    train_fold(s2cfg(base, tau, first, "tau_norm"), 0, progress=False)   # log.csv without time_s
     assert train_minutes(tau) > 0
 
 

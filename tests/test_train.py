@@ -39,19 +39,23 @@ def test_tiny_run_learns_and_writes_artefacts(base, tmp_path):
     preds = pd.read_csv(d / "val_predictions.csv")
     assert set(preds.dicom_id) == fold_ids(cfg, 0) and preds.dicom_id.is_unique
     # val loss is plain BCE of the best epoch's predictions, whatever the training loss (focal here)
+    from cxrlt.data.experiment import Experiment
     from cxrlt.data.splits import training_data
 
-    spec, df, _, y, _ = training_data(cfg)
+    spec, df, _, y, _ = training_data(cfg, Experiment.of(cfg).spec)
     y = pd.DataFrame(y, index=df.dicom_id).loc[preds.dicom_id].to_numpy()
     p = preds.iloc[:, 1:].to_numpy().clip(1e-12, 1 - 1e-12)
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
     assert log.val_loss[r["best_epoch"] - 1] == pytest.approx(bce, rel=1e-4)
 
 
-def test_resume_continues_exactly(base, tmp_path):
-    full = cfg_at(base, tmp_path / "a")
+@pytest.mark.parametrize("opt", [(), ("train.optimizer=sgd", "train.scheduler=tanh", "train.warmup_epochs=0.5")])
+def test_resume_continues_exactly(base, tmp_path, opt):
+    """Also with another timm optimizer and schedule (recipe keys): the schedule's update count is
+    part of last.pt, so the resumed run's lr column equals the uninterrupted run's."""
+    full = cfg_at(base, tmp_path / "a", *opt)
     train_fold(full, 1, progress=False)
-    cut = cfg_at(base, tmp_path / "b")
+    cut = cfg_at(base, tmp_path / "b", *opt)
     r = train_fold(cut, 1, progress=False, stop_after=1)          # as if killed after epoch 1
     assert r["stopped"] and pd.read_csv(tmp_path / "b/fold1/log.csv").epoch.tolist() == [1]
     train_fold(cut, 1, progress=False)
@@ -59,6 +63,9 @@ def test_resume_continues_exactly(base, tmp_path):
     assert b.epoch.tolist() == [1, 2, 3]
     cols = ["train_loss", "val_loss", "val_mAP", "lr"]
     np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=1e-5, atol=1e-7)
+    assert b.lr.tolist() == a.lr.tolist() and a.lr.nunique() == 3
+    if opt:
+        assert isinstance(load(tmp_path / "b/fold1/last.pt")["optimizer"]["param_groups"][0]["momentum"], float)
     wa, wb = load(tmp_path / "a/fold1/last.pt")["model"], load(tmp_path / "b/fold1/last.pt")["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
 

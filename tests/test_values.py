@@ -144,10 +144,11 @@ def test_sixteen_bit_films_scale_in_blocks_and_giant_films_name_the_key(tmp_path
 
 
 def test_hints_carry_the_users_overrides(tiny_cfg, tmp_path):
+    from cxrlt.data.experiment import Experiment
     from cxrlt.data.splits import training_data
 
     cfg = load_config(DEMO, [f"data.input_dir={tiny_cfg.data.input_dir}", f"folds.dir={tmp_path / 'none'}",
                              "train.lr=1e-3"])
     with pytest.raises(CxrltError, match=r"no folds yet; run src/02_make_folds.py --config experiments/demo.yaml "
                                          r"data.input_dir=.* folds.dir=.* train.lr=1e-3$"):
-        training_data(cfg)
+        training_data(cfg, Experiment.of(cfg).spec)

@@ -18,6 +18,11 @@ MOSAIC_VARIANTS = ("crop", "resize")
 MIX_LABELS = ("union", "linear")
 PRECISIONS = ("no", "fp16", "bf16")
 SAMPLERS = ("random", "class_aware", "class_balanced")
+# timm optimizer names (timm.optim.create_optimizer_v2; a test checks each is in timm's registry)
+OPTIMIZERS = ("adamw", "adam", "nadamw", "radam", "adan", "adopt", "lamb", "lion", "laprop", "sgd", "momentum",
+              "rmsproptf", "adafactor", "madgrad", "lars")
+# cosine: linear warmup then cosine (train.optim.WarmupCosine); the others: timm's create_scheduler_v2
+SCHEDULERS = ("cosine", "tanh", "poly", "wsd", "constant")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 STAGE2_METHODS = ("crt", "tau_norm", "fusion")
 CACHE_DTYPES = ("float16", "float32")

@@ -36,6 +36,8 @@ from cxrlt.choices import (  # noqa: F401 (re-exported: schema.PRESETS etc.)
     MIX_LABELS,
     PRECISIONS,
     SAMPLERS,
+    OPTIMIZERS,
+    SCHEDULERS,
     TRACKERS,
     STAGE2_METHODS,
     CACHE_DTYPES,
@@ -286,9 +288,12 @@ class Train(Section):
     batch_size: PosInt = D(16, "per process")
     val_batch_size: PosInt = D(64, "validation batch size")
     lr: Num(0, lo_open=True) = D(1.0e-4, "peak learning rate")
-    weight_decay: Num(0) = D(0.01, "AdamW weight decay")
+    weight_decay: Num(0) = D(0.01, "weight decay (none on biases and normalisation weights)")
+    optimizer: Choice(*OPTIMIZERS) = D("adamw", "timm optimizer (create_optimizer_v2), for first and second stages")
+    momentum: Num(0, 1, hi_open=True) = D(0.9, "momentum of sgd, momentum, rmsproptf, lars")
+    scheduler: Choice(*SCHEDULERS) = D("cosine", "lr per update: cosine (linear warmup, cosine to lr * min_lr_ratio) | tanh | poly | wsd | constant (timm's create_scheduler_v2, warmup from lr * min_lr_ratio)")
     warmup_epochs: Num(0) = D(1.0, "linear warmup, in epochs")
-    min_lr_ratio: Prob = D(0.01, "cosine decays to lr * min_lr_ratio")
+    min_lr_ratio: Prob = D(0.01, "the schedule decays to lr * min_lr_ratio")
     grad_clip: Num(0) = D(1.0, "max gradient norm; 0 disables")
     grad_accum: PosInt = D(1, "gradient accumulation steps")
     precision: Choice(*PRECISIONS, false="no") = D("bf16", "no | fp16 | bf16 (CPU runs use fp32)")

@@ -1,4 +1,8 @@
-"""The training split as every stage after the folds sees it: table, cached files, labels, folds."""
+"""The training split as every stage after the folds sees it: table, cached files, labels, folds.
+
+Functions of (recipe, resolved dataset spec); a stage reaches them through its `Experiment`
+(`data.experiment`), which reads the table once and keeps it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +12,6 @@ import pandas as pd
 
 from cxrlt.config import rerun_hint
 from cxrlt.data.datasets import label_matrix, read_split
-from cxrlt.data.experiment import Experiment
 from cxrlt.data.folds import folds_path, read_folds
 from cxrlt.data.images import Cache
 from cxrlt.errors import CxrltError
@@ -31,11 +34,10 @@ def view_rows(cfg, spec, df):
     return df[keep.to_numpy()].reset_index(drop=True)
 
 
-def training_data(cfg):
+def training_data(cfg, spec):
     """(spec, training table, cached file per row, label matrix, fold per row), all checked; only
     the rows of `data.views` when it is set. folds.scheme=given: the training CSV's rows (fold -1,
     never held out) followed by the validation CSV's (fold 0, the held-out part)."""
-    spec = Experiment.of(cfg).spec
     if given_split(cfg):
         df, fold_of = given_table(cfg, spec, labels="required")
         cache = Cache.from_config(cfg, spec.name)
@@ -70,17 +72,15 @@ def given_table(cfg, spec, labels: str = "required") -> tuple[pd.DataFrame, np.n
     return df, np.r_[np.full(len(train), -1), np.zeros(len(val), int)]
 
 
-def oof_table(cfg, spec=None):
+def oof_table(cfg, spec):
     """The labelled rows an experiment's oof.csv covers, in its order: the training CSV (the
     recipe's views) with K folds, the validation CSV with folds.scheme=given."""
-    spec = spec or Experiment.of(cfg).spec
     return view_rows(cfg, spec, read_split(spec, "val" if given_split(cfg) else "train", labels="required"))
 
 
-def training_counts(cfg, spec=None) -> tuple[np.ndarray, int]:
+def training_counts(cfg, spec) -> tuple[np.ndarray, int]:
     """Positives per class and images of the training CSV (the recipe's views): what head / medium /
     tail groups are made from, whatever the scheme."""
-    spec = spec or Experiment.of(cfg).spec
     train = view_rows(cfg, spec, read_split(spec, "train", labels="required"))
     return label_matrix(spec, train).sum(0), len(train)
 
@@ -99,15 +99,13 @@ def full_assignment(ids) -> str:
     return "full:" + assignment_hash(ids, [0] * len(ids))
 
 
-def current_full_assignment(cfg, spec=None) -> str:
+def current_full_assignment(cfg, spec) -> str:
     """The full-data fit's assignment for the training CSV as it is now (the recipe's views only)."""
-    spec = spec or Experiment.of(cfg).spec
     return full_assignment(view_rows(cfg, spec, read_split(spec, "train", labels="none"))[spec.id_col])
 
 
-def current_assignment(cfg, spec=None) -> str:
+def current_assignment(cfg, spec) -> str:
     """The assignment hash of the folds file as it is now (no image-cache check: cheap)."""
-    spec = spec or Experiment.of(cfg).spec
     if given_split(cfg):
         df, fold_of = given_table(cfg, spec, labels="none")
         return assignment_hash(df[spec.id_col], fold_of)
@@ -120,10 +118,9 @@ def current_assignment(cfg, spec=None) -> str:
     return assignment_hash(df[spec.id_col], folds.loc[df[spec.id_col]].to_numpy())
 
 
-def given_summary(cfg) -> dict:
+def given_summary(cfg, spec) -> dict:
     """folds.scheme=given (stage 02 makes no folds file): images per class in the training and
     validation CSVs, and the patients they share (the benchmark's splits share none)."""
-    spec = Experiment.of(cfg).spec
     df, fold_of = given_table(cfg, spec, labels="required")
     y = label_matrix(spec, df)
     table = pd.DataFrame({"train": y[fold_of < 0].sum(0).astype(int), "val": y[fold_of == 0].sum(0).astype(int)},

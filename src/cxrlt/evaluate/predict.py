@@ -33,7 +33,6 @@ from cxrlt.data.datasets import check_task, read_split
 from cxrlt.data.experiment import Experiment
 from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, StudyDataset, make_loader
-from cxrlt.data.splits import current_assignment, current_full_assignment, training_data
 from cxrlt.data.studies import study_groups, view_kinds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.bootstrap import bootstrap_ap, check_count, distinguishable, interval, subset_map
@@ -41,7 +40,7 @@ from cxrlt.evaluate import postprocess as post
 from cxrlt.evaluate.normalise import FoldNormaliser
 from cxrlt.evaluate.predictions import read_predictions, write_predictions
 from cxrlt.evaluate.validation import best_epochs, drift_check, figure_lines, fold_summary, view_figures, view_groups
-from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fingerprint, fold_ids, given_split
+from cxrlt.experiment import FULL, best_checkpoint, check_fingerprint, experiment_dir, fold_ids, given_split
 from cxrlt.fileio import display_path, stamps
 from cxrlt.metrics import count_groups, evaluate, map_score, multiclass_metrics, zero_shot_figures
 from cxrlt.models.checkpoint import load, load_model
@@ -121,13 +120,14 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
     from cxrlt.progress import progress_bar
 
     out = frame.folder
-    spec = Experiment.of(cfg).spec
+    exp = Experiment.of(cfg)
+    spec = exp.spec
     check_task(cfg, spec)
     ps = post.Settings.of(cfg.predict, spec)
     views = ps.views
     check_count("predict.bootstrap", cfg.predict.bootstrap)
     ckpts = _checkpoints(cfg)
-    fp = fingerprint(cfg, spec, current_assignment(cfg, spec))
+    fp = exp.fingerprint()
     loaded = {k: load(path) for k, path in ckpts.items()}
     for k, path in ckpts.items():  # a changed recipe or re-made folds: never score OOF with such a model
         check_fingerprint(loaded[k]["fingerprint"], fp, path,
@@ -151,7 +151,8 @@ def _predict_experiment(cfg: Config, frame, progress: bool = True) -> dict:
     old = frame.vouched(inputs=inputs, settings=_settings(cfg))
     if old is not None and "oof.csv" in old["outputs"]:
         return dict(old, skipped=True, dir=out)
-    spec, train_df, files, y, fold_of = training_data(cfg)
+    table = exp.training()
+    train_df, files, y, fold_of = table.df, table.files, table.y, table.fold_of
     # groups (head / medium / tail) come from the images trained on; the OOF covers the held-out rows:
     # every row with K folds, the validation CSV's with folds.scheme=given (fold -1 = trained on only)
     train_pos, n_train = y.sum(0), len(y)
@@ -323,8 +324,9 @@ def _full_fit(cfg, spec) -> dict | None:
     if cfg.predict.oof_normalise != "none":
         raise CxrltError(f"predict.use_full_fit={use} with predict.oof_normalise={cfg.predict.oof_normalise}: the "
                          f"full-data fit has no OOF scores to fit its normalisation on")
+    verified(path.parent / "done.json", [path.name], rerun_hint(cfg, "03_train.py", "--full", "--force"), strict=False)
     ck = load(path)
-    check_fingerprint(ck["fingerprint"], fingerprint(cfg, spec, current_full_assignment(cfg, spec)), path,
+    check_fingerprint(ck["fingerprint"], Experiment.of(cfg).fingerprint(FULL), path,
                       "retrain it: " + rerun_hint(cfg, "03_train.py", "--full", "--force"))
     return ck
 

@@ -21,7 +21,7 @@ def set_epoch(epoch: int, *objs) -> None:
 
 def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, accelerator, tcfg, mean: float, std: float,
                     batches: int, ema=None, bar=None, to_input=None) -> dict:
-    """Forward/backward over `batches` batches with accumulation, clipping, scheduler and EMA updates.
+    """Forward/backward over `batches` batches with accumulation, clipping, schedule and EMA updates.
     `to_input(batch, view)` gives the model's arguments (default: uint8 images normalised with
     mean/std; a second stage passes cached features). Returns train_loss (mean over items, all
     processes) and img_s (items per second)."""
@@ -40,7 +40,8 @@ def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, acceler
             if accelerator.sync_gradients and tcfg.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), float(tcfg.grad_clip))
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                scheduler.update()      # train.optim.Schedule: the lr of the next update
             optimizer.zero_grad(set_to_none=True)
         if ema is not None and accelerator.sync_gradients:
             ema.update(net)

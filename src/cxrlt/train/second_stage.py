@@ -1,6 +1,6 @@
-"""Stage 03 for a second-stage recipe (`stage2.from: <first-stage experiment>`): for each fold k,
-a model on top of the first stage's frozen fold-k backbone, trained on that fold's training part
-only, so its out-of-fold predictions stay honest (the held-out fold touched neither stage).
+"""The second-stage strategies of the fold trainer (train.trainer), for a recipe with
+`stage2.from: <first-stage experiment>`: for each fold k, a model on top of the first stage's
+frozen fold-k backbone, trained on that fold's training part only, so its out-of-fold predictions stay honest (the held-out fold touched neither stage).
 
 - `crt`, classifier re-training (Kang et al., ICLR 2020, "Decoupling Representation and Classifier
   for Long-Tailed Recognition"): the classifier is re-initialised and trained alone on the cached
@@ -26,44 +26,21 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlt.choices import STAGE2_METHODS as METHODS
 from cxrlt.config import Config, save_resolved
-from cxrlt.data.experiment import Experiment
 from cxrlt.data.loader import CxrDataset, make_loader
-from cxrlt.data.datasets import check_task
-from cxrlt.data.splits import current_assignment, training_data
 from cxrlt.data.studies import pick_views, study_groups, study_labels, view_kinds, view_vocabulary
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import (
-    best_checkpoint,
-    check_fingerprint,
-    experiment_dir,
-    experiment_path,
-    fingerprint,
-    fold_dir,
-    fold_ids,
-    given_split,
-    last_checkpoint,
-)
+from cxrlt.experiment import FULL, check_fingerprint, experiment_path, fingerprint, given_split
 from cxrlt.fileio import display_path, project_path, save_figure, stamps, write_csv
-from cxrlt.losses import build_loss
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.fusion import StudyFusion, StudyFusionNet, backbone_tokens, grid_tokens, pooled_features
 from cxrlt.models.inference import predict_loader
 from cxrlt.progress import progress_bar
-from cxrlt.runtime import is_main_process, make_accelerator
-from cxrlt.stage import stage_frame
-from cxrlt.train import tracking
-from cxrlt.train.epochs import best_index, run_epochs
 from cxrlt.train.features import FeatureStore, cache_key
-from cxrlt.train.fold import OUTPUTS, cosine_with_warmup, finished
-from cxrlt.train.loop import set_epoch, train_one_epoch, val_figures
-from cxrlt.train.saver import CheckpointSaver, write_best
+from cxrlt.train.loop import val_figures
+from cxrlt.train.saver import write_best
+from cxrlt.train.trainer import OUTPUTS, FoldContext, Plan, Strategy, seed_of
 
-
-
-def is_second_stage(cfg) -> bool:
-    return bool((cfg.get("stage2") or {}).get("from"))
 
 
 def first_stage_dir(cfg) -> Path:
@@ -188,73 +165,190 @@ def _studies_in(x, view="none"):
     return x[0].float(), x[1], x[2]
 
 
-def train_second_stage(cfg: Config, fold: int, force: bool = False, progress: bool = True,
-                       stop_after: int | None = None) -> dict:
-    """Train (or resume, or skip) fold `fold` of a second-stage recipe under the fold's lock."""
-    out = fold_dir(cfg, fold)
-    with stage_frame(out, "done.json", f"fold {fold} of experiment '{cfg.name}'", force=force,
-                     main=is_main_process(), lock=out / ".lock") as frame:
-        return _train(cfg, fold, frame, progress, stop_after)
+class SecondStage(Strategy):
+    """What cRT, fusion and tau-norm share: the first stage's finished fold-k backbone, checked
+    before any image is read, and its cached features."""
 
+    def __init__(self, cfg):
+        self.s2 = cfg.stage2
+        self.checkpoint = None
 
-def _train(cfg: Config, fold: int, frame, progress: bool, stop_after: int | None) -> dict:
-    from accelerate.utils import set_seed
+    def grad_accum(self, cfg) -> int:
+        return 1
 
-    s2 = cfg.stage2
-    if s2.method not in METHODS:
-        raise CxrltError(f"stage2.method must be one of {', '.join(METHODS)}, not '{s2.method}'")
-    if fold not in fold_ids(cfg):
-        raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, fold_ids(cfg)))}")
-    t_start = time.time()
-    out = frame.folder
-    spec = Experiment.of(cfg).spec
-    check_task(cfg, spec)
-    folds_hash = current_assignment(cfg, spec)
-    ck_path, ck = first_stage_checkpoint(cfg, fold, spec, folds_hash)   # before any image is touched
-    spec, df, files, y, fold_of = training_data(cfg)
-    names = list(spec.labels)
-    fp, backbone_stamp = fingerprint(cfg, spec, folds_hash), stamps({"b": ck_path})["b"]
-    done = finished(cfg, fold, frame, fp)
-    if done is not None:
-        if done.get("backbone") != backbone_stamp:
-            raise CxrltError(f"{display_path(frame.stamp)}: fold {fold} of '{s2['from']}' changed since this second "
+    def check(self, cfg, exp, fold) -> None:
+        if fold == FULL:
+            raise CxrltError("--full: a second stage has no full-data fit (it trains over each fold's backbone)")
+        if fold not in exp.fold_ids:
+            raise CxrltError(f"--fold {fold}: folds are {', '.join(map(str, exp.fold_ids))}")
+        ck_path, ck = first_stage_checkpoint(cfg, fold, exp.spec, exp.assignment(fold))   # before any image is touched
+        self.checkpoint = (ck_path, ck, stamps({"b": ck_path})["b"])
+
+    def check_finished(self, done, frame, cfg, fold) -> None:
+        if done.get("backbone") != self.checkpoint[2]:
+            raise CxrltError(f"{display_path(frame.stamp)}: fold {fold} of '{self.s2['from']}' changed since this second "
                              f"stage was trained on it; retrain it with --force")
-        return dict(done, skipped=True, dir=out)
-    accelerator = make_accelerator(cfg.train, "train.precision", 1, tracking.log_with(cfg, fold), out)
-    main = accelerator.is_main_process
-    tr, va = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-    base_seed = int(cfg.seed) + 1000 * fold
-    set_seed(base_seed)
-    net, arch = load_model(ck)
-    if s2.method in ("crt", "tau_norm") and not isinstance(_classifier(net), torch.nn.Linear):
-        raise CxrltError(f"stage2.method={s2.method} re-trains or re-scales a linear classifier; the first stage "
-                         f"'{s2['from']}' has model.head={arch['model'].get('head', 'linear')}")
-    if frame.force:   # the finished fold comes back if this run fails
-        frame.set_aside(OUTPUTS)
-    accelerator.wait_for_everyone()
-    t0 = time.time()
-    feats = cached_features(cfg, fold, net, ck_path, ck, df[spec.id_col].tolist(), files, accelerator, progress)
-    seconds = dict(features=round(time.time() - t0, 1))
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_resolved(cfg, experiment_dir(cfg) / "config.yaml")
-    common = dict(cfg=cfg, fold=fold, out=out, names=names, df=df, spec=spec, y=y, fold_of=fold_of, tr=tr, va=va, feats=feats, net=net,
-                  arch=arch, ck=ck, fp=fp, accelerator=accelerator, progress=progress, base_seed=base_seed)
-    if s2.method == "tau_norm":
-        summary = _tau_norm(**common)
-    else:
-        summary = _train_head(**common, stop_after=stop_after)
-        if summary.get("stopped"):
-            return summary
-    seconds.update(train=round(time.time() - t0 - seconds["features"], 1), total=round(time.time() - t_start, 1))
-    summary.update(fingerprint=fp, backbone=backbone_stamp, method=s2.method, stage1=str(s2["from"]), seconds=seconds,
-                   skipped=False)
-    if main:   # the stamp, last: vouches for best.pt (stage 04 checks it)
-        frame.seal(summary, outputs=[best_checkpoint(cfg, fold), last_checkpoint(cfg, fold)])
-        print(f"fold {fold}: {s2.method} over '{s2['from']}' done, val mAP {summary['best_mAP']:.4f} "
-              f"(features {seconds['features']:.0f} s, training {seconds['train']:.0f} s)")
-    accelerator.wait_for_everyone()
-    return dict(summary, dir=out)
+
+    def start(self, ctx: FoldContext):
+        """The frozen first-stage model and its cached features: (net, arch, ck, feats, seconds)."""
+        from accelerate.utils import set_seed
+
+        cfg, fold, accelerator = ctx.cfg, ctx.fold, ctx.accelerator
+        ck_path, ck, _ = self.checkpoint
+        set_seed(seed_of(cfg, fold))
+        net, arch = load_model(ck)
+        if self.s2.method in ("crt", "tau_norm") and not isinstance(_classifier(net), torch.nn.Linear):
+            raise CxrltError(f"stage2.method={self.s2.method} re-trains or re-scales a linear classifier; the first stage "
+                             f"'{self.s2['from']}' has model.head={arch['model'].get('head', 'linear')}")
+        accelerator.wait_for_everyone()
+        t0 = time.time()
+        table = ctx.exp.training()
+        feats = cached_features(cfg, fold, net, ck_path, ck, table.ids.tolist(), table.files, accelerator, ctx.progress)
+        return net, arch, ck, feats, dict(features=round(time.time() - t0, 1))
+
+    def extra(self) -> dict:
+        return dict(backbone=self.checkpoint[2], method=self.s2.method, stage1=str(self.s2["from"]))
+
+
+def second_stage_strategy(cfg) -> SecondStage:
+    return TauNorm(cfg) if cfg.stage2.method == "tau_norm" else FeatureHead(cfg)
+
+
+class FeatureHead(SecondStage):
+    """crt / fusion: epochs of a head over cached features, validated on the held-out fold."""
+
+    def build(self, ctx: FoldContext) -> Plan:
+        from accelerate.utils import set_seed
+
+        cfg, fold, accelerator, exp = ctx.cfg, ctx.fold, ctx.accelerator, ctx.exp
+        s2, spec, names = self.s2, exp.spec, ctx.names
+        net, arch, ck, feats, seconds = self.start(ctx)
+        table = exp.training()
+        df, y, fold_of = table.df, table.y, table.fold_of
+        tr, va = table.split(fold)
+        base_seed = seed_of(cfg, fold)
+        hflip = float(cfg.augment.hflip)
+        set_seed(base_seed)   # the head's initial weights do not depend on whether the features were cached
+        if s2.method == "crt":
+            module = _classifier(net)
+            module.reset_parameters()
+            full, arch2, to_input = net, arch, _features_in
+            train_ds = FeatureRows(feats, tr, y[tr], hflip, base_seed)
+            val_ds, val_rows, expand = FeatureRows(feats, va, y[va]), va, None
+            counts, n_items = y[tr].sum(0), len(tr)
+            sampler = s2.sampler
+        else:
+            groups = study_groups(df, spec)
+            if any(fold_of[g].min() != fold_of[g].max() for g in groups):
+                raise CxrltError("a study has images in two folds (folds must group patients): remake the folds")
+            g_fold = np.array([fold_of[g[0]] for g in groups])
+            vocab = view_vocabulary(df[spec.view_col]) if spec.view_col and spec.view_col in df.columns else []
+            kinds = view_kinds(df[spec.view_col], vocab) if vocab else np.zeros(len(df), np.int64)
+            grid, t = int(s2.grid), int(s2.grid) ** 2
+            dim = feats["none"].shape[1] // t
+            ys = study_labels(y, groups)
+            tr_s, va_s = np.flatnonzero(g_fold != fold), np.flatnonzero(g_fold == fold)
+            module = StudyFusion(dim, len(names), grid, len(vocab) + 1, int(s2.dim), int(s2.layers), int(s2.heads))
+            full = StudyFusionNet(net, module, grid)
+            arch2 = dict(kind="study_fusion", backbone=arch, labels=names, num_classes=len(names),
+                         image_size=arch["image_size"], resize=arch["resize"], mean=arch["mean"], std=arch["std"],
+                         fusion=dict(in_dim=dim, grid=grid, dim=int(s2.dim), layers=int(s2.layers), heads=int(s2.heads)),
+                         view_kinds=vocab, max_views=int(s2.max_views), task=spec.task)
+            to_input = _studies_in
+            train_ds = StudyFeatures(feats, [groups[i] for i in tr_s], kinds, ys[tr_s], s2.max_views, t, True, hflip,
+                                     base_seed)
+            val_ds = StudyFeatures(feats, [groups[i] for i in va_s], kinds, ys[va_s], s2.max_views, t, False)
+            val_rows = np.concatenate([groups[i] for i in va_s])
+            expand = np.repeat(np.arange(len(va_s)), [len(groups[i]) for i in va_s])
+            counts, n_items, sampler = ys[tr_s].sum(0), len(tr_s), "random"
+        bs = int(s2.batch_size)
+        lcfg = Config(channels_last=False, grad_clip=float(cfg.train.grad_clip), log_every=int(cfg.train.log_every),
+                      sampler=sampler, class_aware_t=cfg.train.class_aware_t, class_aware_cap=cfg.train.class_aware_cap)
+        train_loader = accelerator.prepare(make_loader(train_ds, bs, 0, True, lcfg))
+        val_loader = accelerator.prepare(DataLoader(val_ds, batch_size=max(bs, 256), shuffle=False))
+        if len(train_loader) == 0:
+            raise CxrltError(f"fold {fold}: {n_items} training items make no full batch of stage2.batch_size={bs}")
+        y_val = y[val_rows]
+
+        def check(model):
+            logits, _, idx, _ = predict_loader(model, val_loader, accelerator, 0.0, 1.0, False, to_input=to_input)
+            return _val_figures(logits[np.argsort(idx.numpy())], y_val, names, expand, spec.task)
+
+        def after(summary):
+            print(f"fold {fold}: {s2.method} over '{s2['from']}' done, val mAP {summary['best_mAP']:.4f} "
+                  f"(features {summary['seconds']['features']:.0f} s, training {summary['seconds']['train']:.0f} s)")
+
+        # last.pt also records the backbone it was trained on: resuming over a retrained first-stage fold is refused
+        fp = exp.fingerprint(fold)
+        return Plan(module=module, train_ds=train_ds, train_loader=train_loader, validate=check,
+                    val_ids=table.ids.iloc[val_rows], epochs=int(s2.epochs), batches=len(train_loader), counts=counts,
+                    n_items=n_items, arch=arch2, mean=ck["mean"], std=ck["std"], loop_cfg=lcfg, lr=float(s2.lr),
+                    weight_decay=float(s2.weight_decay), warmup_epochs=0.0,
+                    label=f"fold {fold} {s2.method}", title=f"{cfg.name} fold {fold} ({s2.method})",
+                    # every parameter decays, biases included (as before the move to timm's optimizer factory)
+                    filter_bias_and_bn=False, to_input=to_input, best_state=lambda: full.state_dict(), to_device=(full,),
+                    resume_fingerprint=dict(fp, backbone=list(self.checkpoint[2])),
+                    init=f"{ck.get('init', 'unknown')} + {s2.method}", patience=cfg.train.patience,
+                    summary_extra=self.extra(), seconds=seconds, after=after)
+
+
+class TauNorm(SecondStage):
+    """Scale the classifier's class weights by 1 / |w_c|^tau for each tau of stage2.tau_grid; keep the
+    tau with the best macro-F1 at 0.5 on the fold's training part (the held-out fold is only reported).
+    data.task=multiclass: the best balanced accuracy of the argmax, on the training part with K folds,
+    on the validation CSV with folds.scheme=given (the set the benchmark selects on; a model fitted to
+    its training images classifies them nearly perfectly at any tau)."""
+
+    def build(self, ctx: FoldContext) -> dict:
+        from sklearn.metrics import balanced_accuracy_score, f1_score
+
+        cfg, fold, accelerator, exp = ctx.cfg, ctx.fold, ctx.accelerator, ctx.exp
+        spec, names, out = exp.spec, ctx.names, ctx.frame.folder
+        net, arch, ck, feats, seconds = self.start(ctx)
+        if ctx.frame.force:   # the finished fold comes back if this run fails
+            ctx.frame.set_aside(OUTPUTS)
+        t0 = time.time()
+        table = exp.training()
+        df, y = table.df, table.y
+        tr, va = table.split(fold)
+        clf = _classifier(net)
+        w, b = clf.weight.detach().double().clone(), clf.bias.detach().double() if clf.bias is not None else 0.0
+        norms = w.norm(dim=1, keepdim=True)
+        f_tr, f_va = (torch.from_numpy(np.asarray(feats["none"][r], np.float64)) for r in (tr, va))
+        rows = []
+        for tau in [float(t) for t in cfg.stage2.tau_grid]:
+            wt = w / norms ** tau
+            lt, lv = f_tr @ wt.T + b, f_va @ wt.T + b
+            v = _val_figures(lv.float(), y[va], names, task=spec.task)
+            if spec.multiclass:
+                row = dict(tau=tau, train_bAcc=balanced_accuracy_score(y[tr].argmax(1), lt.argmax(1).numpy()),
+                           val_bAcc=v["val_bAcc"])
+            else:
+                row = dict(tau=tau, train_macro_f1=f1_score(y[tr], (lt > 0).numpy(), average="macro", zero_division=0),
+                           val_macro_f1=f1_score(y[va], (lv > 0).numpy(), average="macro", zero_division=0))
+            rows.append(dict(row, val_mAP=v["val_mAP"], val_mAUC=v["val_mAUC"], val_loss=v["val_loss"], _v=v))
+        crit = ("val_bAcc" if given_split(cfg) else "train_bAcc") if spec.multiclass else "train_macro_f1"
+        pick = max(range(len(rows)), key=lambda i: (rows[i][crit], -rows[i]["tau"]))
+        tau, v = rows[pick]["tau"], rows[pick]["_v"]
+        with torch.no_grad():
+            clf.weight.copy_((w / norms ** tau).to(clf.weight.dtype))
+        log = pd.DataFrame([{k: val for k, val in r.items() if k != "_v"} for r in rows])
+        init = f"{ck.get('init', 'unknown')} + tau_norm"
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, exp.dir / "config.yaml")
+            write_best(exp.layout.best(fold), net.state_dict(), weights="tau_norm", arch=arch, epoch=0,
+                       metrics=log.iloc[pick].to_dict(), fingerprint=exp.fingerprint(fold), init=init,
+                       mean=ck["mean"], std=ck["std"])
+            preds = pd.DataFrame(v["probs"], columns=names)
+            preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va])
+            write_csv(out / "val_predictions.csv", preds)
+            write_csv(out / "log.csv", log)
+            _plot_tau(log, tau, out / "curve.png", f"{cfg.name} fold {fold} (tau-norm)")
+            print(f"fold {fold}: tau-norm picks tau={tau:g} ({crit} {rows[pick][crit]:.4f}); val mAP {v['val_mAP']:.4f}")
+        seconds.update(train=round(time.time() - t0, 1))
+        return dict(fold=fold, best_mAP=v["val_mAP"], best_score=v["score"], best_epoch=1, epochs=0, tau=tau, tau_by=crit,
+                    score="val_bAcc" if spec.multiclass else "val_mAP", init=init, **self.extra(), seconds=seconds)
 
 
 def _classifier(net):
@@ -265,145 +359,6 @@ def _val_figures(logits: torch.Tensor, y: np.ndarray, names, expand=None, task: 
     """Validation figures of item logits (train.loop.val_figures); `expand` maps image rows to their
     study's item (fusion: a study's images get its logits, hence bit-identical probabilities)."""
     return dict(val_figures(logits, y, names, task, expand), idx=np.arange(len(y)))
-
-
-def _train_head(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed,
-                stop_after):
-    """crt / fusion: epochs of a head over cached features, validated on the held-out fold."""
-    from accelerate.utils import set_seed
-
-    s2, main = cfg.stage2, accelerator.is_main_process
-    hflip = float(cfg.augment.hflip)
-    set_seed(base_seed)   # the head's initial weights do not depend on whether the features were cached
-    if s2.method == "crt":
-        module = _classifier(net)
-        module.reset_parameters()
-        full, arch2, to_input = net, arch, _features_in
-        train_ds = FeatureRows(feats, tr, y[tr], hflip, base_seed)
-        val_ds, val_rows, expand = FeatureRows(feats, va, y[va]), va, None
-        counts, n_items = y[tr].sum(0), len(tr)
-        sampler = s2.sampler
-    else:
-        groups = study_groups(df, spec)
-        if any(fold_of[g].min() != fold_of[g].max() for g in groups):
-            raise CxrltError("a study has images in two folds (folds must group patients): remake the folds")
-        g_fold = np.array([fold_of[g[0]] for g in groups])
-        vocab = view_vocabulary(df[spec.view_col]) if spec.view_col and spec.view_col in df.columns else []
-        kinds = view_kinds(df[spec.view_col], vocab) if vocab else np.zeros(len(df), np.int64)
-        grid, t = int(s2.grid), int(s2.grid) ** 2
-        dim = feats["none"].shape[1] // t
-        ys = study_labels(y, groups)
-        tr_s, va_s = np.flatnonzero(g_fold != fold), np.flatnonzero(g_fold == fold)
-        module = StudyFusion(dim, len(names), grid, len(vocab) + 1, int(s2.dim), int(s2.layers), int(s2.heads))
-        full = StudyFusionNet(net, module, grid)
-        arch2 = dict(kind="study_fusion", backbone=arch, labels=names, num_classes=len(names),
-                     image_size=arch["image_size"], resize=arch["resize"], mean=arch["mean"], std=arch["std"],
-                     fusion=dict(in_dim=dim, grid=grid, dim=int(s2.dim), layers=int(s2.layers), heads=int(s2.heads)),
-                     view_kinds=vocab, max_views=int(s2.max_views), task=spec.task)
-        to_input = _studies_in
-        train_ds = StudyFeatures(feats, [groups[i] for i in tr_s], kinds, ys[tr_s], s2.max_views, t, True, hflip, base_seed)
-        val_ds = StudyFeatures(feats, [groups[i] for i in va_s], kinds, ys[va_s], s2.max_views, t, False)
-        val_rows = np.concatenate([groups[i] for i in va_s])
-        expand = np.repeat(np.arange(len(va_s)), [len(groups[i]) for i in va_s])
-        counts, n_items, sampler = ys[tr_s].sum(0), len(tr_s), "random"
-    epochs, bs = int(s2.epochs), int(s2.batch_size)
-    lcfg = Config(channels_last=False, grad_clip=float(cfg.train.grad_clip), log_every=int(cfg.train.log_every),
-                  sampler=sampler, class_aware_t=cfg.train.class_aware_t, class_aware_cap=cfg.train.class_aware_cap)
-    train_loader = accelerator.prepare(make_loader(train_ds, bs, 0, True, lcfg))
-    val_loader = accelerator.prepare(DataLoader(val_ds, batch_size=max(bs, 256), shuffle=False))
-    if len(train_loader) == 0:
-        raise CxrltError(f"fold {fold}: {n_items} training items make no full batch of stage2.batch_size={bs}")
-    batches = len(train_loader)
-    module = module.to(accelerator.device)
-    full.to(accelerator.device)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=float(s2.lr), weight_decay=float(s2.weight_decay))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
-        epochs * batches * accelerator.num_processes, 0, float(cfg.train.min_lr_ratio)))
-    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    criterion = build_loss(cfg.loss, counts, n_items, epochs, spec.task).to(accelerator.device)
-    # last.pt also records the backbone it was trained on: resuming over a retrained first-stage fold is refused
-    resume_fp = dict(fp, backbone=list(stamps({"b": first_stage_dir(cfg) / f"fold{fold}" / "best.pt"})["b"]))
-    saver = CheckpointSaver(last_checkpoint(cfg, fold), best_checkpoint(cfg, fold), resume_fp, module, None, optimizer,
-                            scheduler, accelerator.scaler, ck["mean"], ck["std"], cfg.to_dict(), arch=arch2,
-                            best_state=lambda: full.state_dict())
-    saver.init = f"{ck.get('init', 'unknown')} + {s2.method}"
-    start, history, best = saver.restore(advice="use --force to start the fold again") or (0, [], -1.0)
-    if main and start:
-        print(f"fold {fold}: resuming {s2.method} after epoch {start} of {epochs} from {display_path(saver.last)}")
-    tracking.start(accelerator, cfg, start)
-    y_val = y[val_rows]
-
-    def run_epoch(epoch: int):
-        t0 = time.time()
-        set_seed(base_seed + epoch)
-        set_epoch(epoch, train_ds, train_loader, criterion, module)
-        bar = progress_bar(batches, f"fold {fold} {s2.method} epoch {epoch + 1}/{epochs}", "batch",
-                           progress and main, leave=False)
-        st = train_one_epoch(model, module, train_loader, criterion, optimizer, scheduler, accelerator, lcfg, 0.0, 1.0,
-                             batches, None, bar, to_input)
-        bar.close()
-        logits, _, idx, _ = predict_loader(model, val_loader, accelerator, 0.0, 1.0, False, to_input=to_input)
-        logits = logits[np.argsort(idx.numpy())]
-        v = _val_figures(logits, y_val, names, expand, spec.task)
-        return dict(epoch=epoch + 1, train_loss=st["train_loss"], val_loss=v["val_loss"], val_mAP=v["val_mAP"],
-                    val_mAUC=v["val_mAUC"], **({"val_bAcc": v["val_bAcc"]} if "val_bAcc" in v else {}),
-                    val_score=v["score"], lr=scheduler.get_last_lr()[0], img_s=st["img_s"], time_s=time.time() - t0), v
-
-    history, best, stopped = run_epochs(run_epoch, start=start, epochs=epochs, history=history, best=best, saver=saver,
-                                        out=out, accelerator=accelerator, title=f"{cfg.name} fold {fold} ({s2.method})",
-                                        label=f"fold {fold} {s2.method}", val_ids=df[spec.id_col].iloc[val_rows],
-                                        names=names, stop_after=stop_after, patience=cfg.train.get("patience"))
-    tracking.finish(accelerator)
-    if stopped:
-        return dict(stopped=True, epoch=len(history), dir=out)
-    best_epoch = best_index(history) + 1
-    return dict(fold=fold, best_mAP=float(history[best_epoch - 1]["val_mAP"]), best_score=best, best_epoch=best_epoch,
-                score="val_bAcc" if spec.multiclass else "val_mAP", epochs=epochs, init=saver.init)
-
-
-def _tau_norm(cfg, fold, out, names, df, spec, y, fold_of, tr, va, feats, net, arch, ck, fp, accelerator, progress, base_seed):
-    """Scale the classifier's class weights by 1 / |w_c|^tau for each tau of stage2.tau_grid; keep the
-    tau with the best macro-F1 at 0.5 on the fold's training part (the held-out fold is only reported).
-    data.task=multiclass: the best balanced accuracy of the argmax, on the training part with K folds,
-    on the validation CSV with folds.scheme=given (the set the benchmark selects on; a model fitted to
-    its training images classifies them nearly perfectly at any tau)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    clf = _classifier(net)
-    w, b = clf.weight.detach().double().clone(), clf.bias.detach().double() if clf.bias is not None else 0.0
-    norms = w.norm(dim=1, keepdim=True)
-    f_tr, f_va = (torch.from_numpy(np.asarray(feats["none"][r], np.float64)) for r in (tr, va))
-    rows = []
-    for tau in [float(t) for t in cfg.stage2.tau_grid]:
-        wt = w / norms ** tau
-        lt, lv = f_tr @ wt.T + b, f_va @ wt.T + b
-        v = _val_figures(lv.float(), y[va], names, task=spec.task)
-        if spec.multiclass:
-            row = dict(tau=tau, train_bAcc=balanced_accuracy_score(y[tr].argmax(1), lt.argmax(1).numpy()),
-                       val_bAcc=v["val_bAcc"])
-        else:
-            row = dict(tau=tau, train_macro_f1=f1_score(y[tr], (lt > 0).numpy(), average="macro", zero_division=0),
-                       val_macro_f1=f1_score(y[va], (lv > 0).numpy(), average="macro", zero_division=0))
-        rows.append(dict(row, val_mAP=v["val_mAP"], val_mAUC=v["val_mAUC"], val_loss=v["val_loss"], _v=v))
-    crit = ("val_bAcc" if given_split(cfg) else "train_bAcc") if spec.multiclass else "train_macro_f1"
-    pick = max(range(len(rows)), key=lambda i: (rows[i][crit], -rows[i]["tau"]))
-    tau, v = rows[pick]["tau"], rows[pick]["_v"]
-    with torch.no_grad():
-        clf.weight.copy_((w / norms ** tau).to(clf.weight.dtype))
-    log = pd.DataFrame([{k: val for k, val in r.items() if k != "_v"} for r in rows])
-    if accelerator.is_main_process:
-        write_best(best_checkpoint(cfg, fold), net.state_dict(), weights="tau_norm", arch=arch, epoch=0,
-                   metrics=log.iloc[pick].to_dict(), fingerprint=fp, init=f"{ck.get('init', 'unknown')} + tau_norm",
-                   mean=ck["mean"], std=ck["std"])
-        preds = pd.DataFrame(v["probs"], columns=names)
-        preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va])
-        write_csv(out / "val_predictions.csv", preds)
-        write_csv(out / "log.csv", log)
-        _plot_tau(log, tau, out / "curve.png", f"{cfg.name} fold {fold} (tau-norm)")
-        print(f"fold {fold}: tau-norm picks tau={tau:g} ({crit} {rows[pick][crit]:.4f}); val mAP {v['val_mAP']:.4f}")
-    return dict(fold=fold, best_mAP=v["val_mAP"], best_score=v["score"], best_epoch=1, epochs=0, tau=tau, tau_by=crit,
-                score="val_bAcc" if spec.multiclass else "val_mAP",
-                init=f"{ck.get('init', 'unknown')} + tau_norm")
 
 
 def _plot_tau(log: pd.DataFrame, tau: float, path: Path, title: str) -> None:
