@@ -80,8 +80,11 @@ class Target:
 
 
 def target(cfg: Config) -> Target:
-    """submit.* of the recipe, each null key filled from the preset's leaderboard."""
+    """submit.* of the recipe, each null key filled from the preset's leaderboard (not when
+    submit.platform names another platform than the preset's)."""
     s, preset = cfg.submit, PRESET_TARGETS.get(cfg.data.preset, {})
+    if s.platform and preset.get("platform") != s.platform:
+        preset = {}
     t = Target(platform=s.platform or preset.get("platform"), url=(s.url or preset.get("url") or "").rstrip("/") or None,
                competition=s.competition or preset.get("competition"), phase=s.phase, tasks=list(s.tasks or []),
                score_key=s.score_key)
@@ -619,13 +622,13 @@ def _wait(cfg, client, log: Path, row: int, sha: str, sid: str, out) -> dict:
             if st["final"]:
                 break
             if waited + every > limit:
-                out(f"stopped waiting after {_clock(waited)} ({polls} polls); submission {sid} is {seen}: "
-                    f"{rerun_hint(cfg, '07_make_submission.py', '--status')} reads it later")
+                out(f"stopped waiting after {_clock(waited)} ({polls} polls); submission {sid} is {seen}; read it "
+                    f"later with: {rerun_hint(cfg, '07_make_submission.py', '--status')}")
                 return dict(submission_id=sid, status=seen, final=False)
             time.sleep(every)
     except KeyboardInterrupt:
-        out(f"poll interrupted; submission {sid} is on the platform: "
-            f"{rerun_hint(cfg, '07_make_submission.py', '--status')} resumes it (it is never sent again)")
+        out(f"poll interrupted; submission {sid} is on the platform (never sent again); resume with: "
+            f"{rerun_hint(cfg, '07_make_submission.py', '--status')}")
         raise
     key = cfg.submit.score_key
     scores = st["scores"]
@@ -716,18 +719,22 @@ def track(log: str | Path, plot: bool = False) -> dict:
     else:
         lines.append("tracked the leaderboard best so far: not known yet (rank correlation needs 3 scored "
                      "submissions with differing figures)")
-    figure = best or next((c for c in LOCAL if c in figs and np.isfinite(figs[c]).any()), None)
+    # flags: the headline figure (pooled OOF, what stage 07 prints) rose over the previous scored
+    # submission and the board did not; what the best-tracking figure said is added
+    figure = next((c for c in LOCAL if c in figs and np.isfinite(figs[c]).any()), None)
     flags = []
     if figure:
-        x = figs[figure]
-        prev = None
+        x, prev = figs[figure], None
         for j in range(len(scored)):
             if not np.isfinite(x[j]):
                 continue
             if prev is not None and x[j] > x[prev] and lb[j] <= lb[prev]:
+                said = ""
+                if best and best != figure and np.isfinite(figs[best][[j, prev]]).all():
+                    said = f"; {LOCAL[best]}, which tracks best, said {figs[best][j] - figs[best][prev]:+.4f}"
                 flags.append(f"{scored.iloc[j]['file']}: {LOCAL[figure]} {x[j] - x[prev]:+.4f} over "
                              f"{scored.iloc[prev]['file']}, leaderboard {lb[j] - lb[prev]:+.4f} (the local gain did "
-                             f"not show on the board)")
+                             f"not show on the board{said})")
             prev = j
     lines += [f"FLAG {f}" for f in flags]
     png = None
