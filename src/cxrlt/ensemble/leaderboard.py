@@ -740,12 +740,12 @@ def track(log: str | Path, plot: bool = False) -> dict:
     png = None
     if plot and figs:
         png = log.parent / "oof_vs_lb.png"
-        _plot(png, figs, lb, rho, where)
+        _plot(png, figs, lb, rho, where, [clip(Path(f).stem, 16) for f in scored["file"]])
         lines.append(f"plot: {display_path(png)}")
     return dict(lines=lines, best=best, rho=rho, flags=flags, n=len(scored), plot=png)
 
 
-def _plot(path: Path, figs: dict, lb, rho: dict, where: str) -> None:
+def _plot(path: Path, figs: dict, lb, rho: dict, where: str, names: list) -> None:
     """One panel per local figure with values: each submission's figure against its leaderboard
     score, the line y = x, Spearman's rho in the title."""
     import matplotlib
@@ -759,13 +759,14 @@ def _plot(path: Path, figs: dict, lb, rho: dict, where: str) -> None:
     for ax, (c, x) in zip(axes[0], shown.items()):
         ok = np.isfinite(x)
         ax.scatter(x[ok], lb[ok], s=28, zorder=3)
-        for k, j in enumerate(np.flatnonzero(ok)):
-            ax.annotate(str(j + 1), (x[j], lb[j]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for j in np.flatnonzero(ok):
+            ax.annotate(names[j], (x[j], lb[j]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         lo = float(min(x[ok].min(), lb[ok].min())) - 0.01
         hi = float(max(x[ok].max(), lb[ok].max())) + 0.01
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
         r = f"Spearman {rho[c][0]:+.2f}" if c in rho else "Spearman n/a (< 3)"
         ax.set(xlabel=LOCAL[c], ylabel="leaderboard score", title=f"{LOCAL[c]}: {r}", xlim=(lo, hi), ylim=(lo, hi))
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(f"local figures against the leaderboard ({where}; numbers: submission order)", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"local figures against the leaderboard ({where})", fontsize=9)
+    fig.tight_layout()
     save_figure(path, fig)
