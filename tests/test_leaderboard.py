@@ -345,3 +345,17 @@ def test_three_scored_submissions_fill_the_log_plot_and_tracking(fake, tmp_path,
     text = capsys.readouterr().out
     assert "tracked the leaderboard best so far: per-fold mean mAP" in text and "FLAG b.zip" in text
     assert_no_secret(tmp_path, text)
+
+
+def test_run_all_passes_upload_to_stage_07_only(tmp_path):
+    """`bash run_all.sh --upload` adds --upload to stage 07's call and to no other stage."""
+    from conftest import project_copy
+    from test_run_all import TINY, run_all
+
+    proj = project_copy(tmp_path)
+    _, calls = run_all(proj, "--only", "07", "--upload", "submit.phase=41", *TINY)
+    assert calls[0] == "src/07_make_submission.py --config experiments/demo_blend.yaml --upload submit.phase=41 " + \
+        " ".join(TINY)
+    assert [c for c in calls if "--upload" in c] == calls[:1]
+    _, calls = run_all(proj, "--only", "07", *TINY)
+    assert "--upload" not in calls[0]
