@@ -248,7 +248,7 @@ class Codabench:
     def plan(self, name: str, size: int) -> list[str]:
         u, p = self.t.url, self.t.phase or "<submit.phase>"
         tasks = f", tasks {self.t.tasks}" if self.t.tasks else " (all tasks of the phase)"
-        return [("GET  (token from CODABENCH_TOKEN)" if self.creds.get("token") else
+        return [("(no login call: the token of CODABENCH_TOKEN is sent as 'Authorization: Token ...')" if self.creds.get("token") else
                  f"POST {u}/api/api-token-auth/ (username, password) -> token"),
                 f"GET  {u}/api/phases/{p}/ (name, max_submissions_per_day)",
                 f"GET  {u}/api/can_make_submission/{p}/ (can, reason)",
