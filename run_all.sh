@@ -7,6 +7,7 @@
 #   bash run_all.sh --from 04 | --only 02 | --force | key=value ...       # resume, one stage, redo, override
 #   bash run_all.sh --compare lt_demo        # method table: recipes of experiments/lt_demo.txt (or a,b,c)
 #   bash run_all.sh --compare sl_demo        # the single-label benchmark's 15 methods on its synthetic demo
+#   bash run_all.sh --upload submit.phase=ID # also send the submission to the leaderboard (docs/leaderboard.md)
 #
 # Stages: 00 demo data, 01 image cache, 02 folds, 03 train, 04 predict, 05 blend, 06 thresholds,
 # 07 submission; with --compare: 01-04 per recipe, then 08 the comparison table. Training and
@@ -15,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-python}
-RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=() COMPARE="" CNAME=""
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=() COMPARE="" CNAME="" UPLOAD=""
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --recipes) RECIPES=$2; shift 2 ;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --from) FROM=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --force) FORCE=--force; shift ;;
+    --upload) UPLOAD=--upload; shift ;;
     --compare) COMPARE=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *=*) OVERRIDES+=("$1"); shift ;;
@@ -106,7 +108,7 @@ if [ -n "$BLEND" ] && want 05; then
   stage "05 blend [$BLEND]"; run $PY src/05_blend.py --config "experiments/$BLEND.yaml" $FORCE "blend.members=[$RECIPES]"
 fi
 if want 06; then stage "06 thresholds [$FINAL]"; run $PY src/06_thresholds.py --config "experiments/$FINAL.yaml" $FORCE; fi
-if want 07; then stage "07 submission [$FINAL]"; run $PY src/07_make_submission.py --config "experiments/$FINAL.yaml"; fi
+if want 07; then stage "07 submission [$FINAL]"; run $PY src/07_make_submission.py --config "experiments/$FINAL.yaml" $UPLOAD; fi
 stage "summary"
 PYTHONPATH=src $PY -m cxrlt.ensemble.summary --recipes "$RECIPES" --final "$FINAL"
 echo "total $(( $(date +%s) - t0 )) s"

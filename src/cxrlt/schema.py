@@ -46,6 +46,7 @@ from cxrlt.choices import (  # noqa: F401 (re-exported: schema.PRESETS etc.)
     USE_FULL_FIT,
     BLEND_MODES,
     CALIBRATIONS,
+    PLATFORMS,
     TTA_VIEW,
 )
 
@@ -367,6 +368,18 @@ class Submission(Section):
     inner_name: OptStr = D(None, "name of the CSV inside the zip; null = <name>.csv")
 
 
+class Submit(Section):
+    platform: Choice(*PLATFORMS, null=True) = D(None, "codabench | codalab (CodaLab Competitions v1); null = the preset's (cxr-lt-2023/2024: codalab, cxr-lt-2026: codabench)")
+    url: OptStr = D(None, "the platform's address; null = the preset's (https://codalab.lisn.upsaclay.fr, https://www.codabench.org)")
+    competition: Num(1, whole=True, null=True) = D(None, "competition id (codalab: in every call; codabench: shown only); null = the preset's")
+    phase: Num(1, whole=True, null=True) = D(None, "the phase id to submit to; it changes per phase, so the recipe or the command line names it")
+    tasks: list[PosInt] = D([], "codabench: the phase's task ids to run; [] = all of them", kind="list of whole numbers >= 1")
+    score_key: OptStr = D(None, "the leaderboard column logged as lb_score (codabench column key); null = the first column")
+    poll_seconds: Num(0) = D(30, "seconds between two polls of a sent submission's status")
+    wait_minutes: Num(0) = D(60, "stop polling after this long; the upload stays resumable with --status")
+    retries: Count = D(4, "a network failure or a 5xx answer is retried this many times (backoff 1, 2, 4 ... s)")
+
+
 class Compare(Section):
     dir: Str = D("experiments", "outputs go to <dir>/compare_<name>/: table.md, table.csv, mAP_by_group.png")
     bootstrap: Count = D(1000, "paired bootstrap over patients against the baseline; 0: off")
@@ -389,6 +402,7 @@ class Recipe(Section):
     blend: Blend = D(Blend(), "stage 05: a blend recipe lists member experiments")
     thresholds: Thresholds = D(Thresholds(), "stage 06: thresholds and calibration")
     submission: Submission = D(Submission(), "stage 07: the submission file")
+    submit: Submit = D(Submit(), "stage 07 --upload: the leaderboard the file goes to (credentials: environment or ~/.netrc only)")
     compare: Compare = D(Compare(), "stage 08, read from the first compared recipe")
 
 

@@ -1,2 +1,3 @@
 """Ensemble wing: blends (`blend`), thresholds and calibration (`thresholds`), leaderboard files
-(`submission`), the closing summary (`summary`). Imports ground and evaluate."""
+(`submission`), their upload and the scores read back (`leaderboard`), the closing summary
+(`summary`). Imports ground and evaluate."""

@@ -203,10 +203,21 @@ def _make_submission(cfg: Config, binary: bool = False, name: str | None = None)
     sha = hashlib.sha256(zip_path.read_bytes()).hexdigest()
     members = ",".join(metrics.get("members", {}) or [cfg.name])
     append_log(folder / "log.csv", dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), file=zip_path.name, sha256=sha,
-                                        members=members, oof_mAP=metrics.get("mAP"),
-                                        oof_mAP_honest=metrics.get("mAP_honest"), binary=binary))
+                                        members=members, **local_figures(metrics), binary=binary))
     return dict(csv=csv_path, zip=zip_path, size=zip_path.stat().st_size, sha256=sha, rows=len(sub),
                 oof_mAP=metrics.get("mAP"), members=members)
+
+
+def local_figures(metrics: dict) -> dict:
+    """The local figures a submission is logged with (blank where its metrics.json has none): the
+    pooled OOF mAP (after per-fold normalisation when `predict.oof_normalise` is set, as stage 04
+    reports it), a blend's honest OOF mAP, the per-fold mean, the normalised OOF mAP (only when
+    normalised) and the development mAP (a labelled split kept apart)."""
+    norm = (metrics.get("settings") or {}).get("oof_normalise", "none")
+    return dict(oof_mAP=metrics.get("mAP"), oof_mAP_honest=metrics.get("mAP_honest"),
+                oof_mAP_fold_mean=((metrics.get("folds") or {}).get("mean") or {}).get("mAP"),
+                oof_mAP_normalised=metrics.get("mAP") if norm not in (None, "none") else None,
+                dev_mAP=(metrics.get("development") or {}).get("mAP"))
 
 
 LOG_LOCK_TIMEOUT = 60.0  # seconds; an append takes milliseconds, so a longer wait means a stuck holder
@@ -237,3 +248,21 @@ def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) ->
         raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by "
                          f"{holder(lock.lock_file)}); "
                          f"{display_path(log)} not updated") from None
+
+
+def update_log(log: str | Path, edit, timeout: float = LOG_LOCK_TIMEOUT):
+    """Rewrite the CSV `log` under `log_lock`: `edit(rows)` gets every row as strings (a DataFrame,
+    blank for a missing value) and returns the table to write (new columns and rows allowed) and a
+    result handed back to the caller. Rows keep their order, so a row's index stays its identity."""
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lock = log_lock(log, timeout)
+    try:
+        with lock:
+            rows = read_table(log, dtype=str, keep_default_na=False) if log.is_file() else pd.DataFrame()
+            rows, result = edit(rows)
+            write_csv(log, rows.fillna(""))
+            return result
+    except Timeout:
+        raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by "
+                         f"{holder(lock.lock_file)}); {display_path(log)} not updated") from None

@@ -7,6 +7,7 @@ import argparse
 import json
 
 
+from cxrlt.ensemble.leaderboard import track
 from cxrlt.evaluate.validation import figure_lines
 from cxrlt.fileio import display_path, project_path, read_table
 
@@ -41,6 +42,8 @@ def main(argv=None) -> None:
     if log.is_file():
         last = read_table(log).iloc[-1]
         print(f"{'submission':>24s}: {display_path(project_path('submissions') / last.file)} (sha256 {last.sha256[:12]}...)")
+        for line in track(log)["lines"]:     # the leaderboard scores read back by --upload / --status
+            print(f"{'':>24s}  {line}")
     print(f"{'try it':>24s}: python src/serve.py --experiment {display_path(exp / a.final)}   "
           f"(web page on http://127.0.0.1:7860/, JSON API POST /api/predict)")
 
