@@ -104,12 +104,15 @@ STAGE2_KEYS = {"crt": (), "tau_norm": (), "fusion": ("grid", "dim", "layers", "h
 
 def head_spec(mcfg) -> str:
     """The head and the options that shape its weights, e.g. `linear`, `csra(csra_lambda=0.1,...)`."""
-    head = mcfg.get("head", "linear")
+    from cxrlt.schema import with_defaults
+
+    mcfg = with_defaults("model", dict(mcfg))    # a record from before a key existed: its default
+    head = mcfg["head"]
     prefix = {"ml_decoder": "decoder_", "csra": "csra_"}.get(head)
     if prefix is None:
         return head
     keys = [k for k in sorted(mcfg) if k.startswith(prefix)]
-    if head == "ml_decoder" and mcfg.get("class_queries", "learned") == "text":   # learned: as before text queries
+    if head == "ml_decoder" and mcfg["class_queries"] == "text":   # learned: as before text queries
         keys += ["class_queries", "text_encoder", "prompt"]
     return f"{head}(" + ",".join(f"{k}={mcfg[k]}" for k in keys) + ")"
 

@@ -418,6 +418,29 @@ def defaults() -> dict:
     return Recipe().model_dump(by_alias=True)
 
 
+# the model keys each head reads: set to anything but its default, a key of another head is refused
+HEAD_KEYS = {"ml_decoder": ("decoder_dim", "decoder_heads", "decoder_layers", "class_queries", "text_encoder", "prompt"),
+             "csra": ("csra_lambda", "csra_temperatures")}
+
+
+def with_defaults(section: str, values: dict) -> dict:
+    """A section as saved by an earlier run (a checkpoint's model record): the keys it lacks take
+    today's defaults, its own (and any extra it records, e.g. text_dim) are kept."""
+    return {**defaults()[section], **values}
+
+
+def head_rules(m: dict) -> str | None:
+    base = defaults()["model"]
+    for other, keys in HEAD_KEYS.items():
+        for k in keys:
+            if other != m["head"] and m[k] != base[k]:
+                return (f"model.{k}={m[k]!r} is read by model.head={other} only, not by model.head={m['head']}; "
+                        f"remove it or set model.head={other}")
+    if m["head"] == "ml_decoder" and m["class_queries"] == "text" and not m["text_encoder"] and not m.get("text_dim"):
+        return "model.class_queries=text needs model.text_encoder (a Hugging Face model name or a local folder)"
+    return None
+
+
 def cross_checks(cfg: dict) -> str | None:
     """Rules between keys, checked at load: the message of the first one broken, or None."""
     p, s2, tr = cfg["predict"], cfg["stage2"], cfg["train"]
@@ -435,7 +458,7 @@ def cross_checks(cfg: dict) -> str | None:
                 f"model.decoder_heads={cfg['model']['decoder_heads']}")
     if "{label}" not in cfg["model"]["prompt"]:
         return f"model.prompt must be a text with {{label}} where the class name goes, not {cfg['model']['prompt']!r}"
-    return None
+    return head_rules(cfg["model"])
 
 
 # ---------------------------------------------------------------- docs/configuration.md

@@ -18,10 +18,11 @@ import torch
 from cxrlt.config import Config
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
-from cxrlt.models.heads import HEAD_KEYS, HeadedNet, build_head, check_head
+from cxrlt.models.heads import HeadedNet, build_head, check_head
+from cxrlt.schema import HEAD_KEYS, with_defaults
 
 # model keys that decide the architecture (what a checkpoint records to rebuild its model)
-ARCH_KEYS = ("name", "in_chans", "drop_rate", "drop_path_rate", "head", *{k for v in HEAD_KEYS.values() for k in v})
+ARCH_KEYS = ("name", "in_chans", "drop_rate", "drop_path_rate", "head", *(k for v in HEAD_KEYS.values() for k in v))
 
 
 def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwargs: dict | None = None,
@@ -35,6 +36,7 @@ def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwa
 
     `text_emb` (C, E): label embeddings for `model.class_queries: text` (models.text.label_embeddings).
     """
+    mcfg = Config(with_defaults("model", dict(mcfg)))     # a partial section (a test, an old record): defaults
     head = check_head(mcfg)
     kw = dict(num_classes=num_classes, in_chans=int(mcfg.in_chans), drop_rate=float(mcfg.drop_rate))
     if mcfg.drop_path_rate:
@@ -49,7 +51,7 @@ def create_model(mcfg, num_classes: int, image_size: int | None = None, timm_kwa
             net = HeadedNet(net, build_head(mcfg, net.num_features, num_classes, text_emb))
         net.init_source, net.timm_kwargs = source, extra
         return net
-    if mcfg.pretrained_path and mcfg.get("pretrained_format", "timm") != "timm":   # chest X-ray foundation weights
+    if mcfg.pretrained_path and mcfg["pretrained_format"] != "timm":   # chest X-ray foundation weights
         from cxrlt.models.foundation import create_foundation
 
         path = project_path(mcfg.pretrained_path)
@@ -110,9 +112,14 @@ def arch_record(mcfg, labels, image_size: int, resize: str, mean: float, std: fl
                 resize=resize, mean=float(mean), std=float(std), task=task)
 
 
+def arch_model(arch: dict) -> dict:
+    """An arch record's model section with today's defaults for the keys it predates."""
+    return with_defaults("model", arch["model"])
+
+
 def model_from_arch(arch: dict) -> torch.nn.Module:
     """The untrained model of an `arch_record` (no download: the weights come from the checkpoint)."""
-    m = dict(arch["model"], pretrained=False, pretrained_path=None, require_pretrained=False)
+    m = dict(arch_model(arch), pretrained=False, pretrained_path=None, require_pretrained=False)
     kw = m.pop("timm_kwargs", None) or {}
     net = create_model(Config(m), int(arch["num_classes"]), timm_kwargs=kw)
     return net

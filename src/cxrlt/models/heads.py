@@ -20,36 +20,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrlt.choices import CLASS_QUERIES, HEADS
 from cxrlt.errors import CxrltError
 
-# keys each head reads, with the defaults that mean "not set" for the others (checked by check_head)
-HEAD_KEYS = {"ml_decoder": {"decoder_dim": 768, "decoder_heads": 8, "decoder_layers": 1, "class_queries": "learned",
-                            "text_encoder": None, "prompt": "chest x-ray showing {label}"},
-             "csra": {"csra_lambda": 0.1, "csra_temperatures": [1]}}
-
-
 def check_head(mcfg) -> str:
-    """The head's name; a one-line error for an unknown head or a head key the chosen head ignores."""
-    head = mcfg.get("head", "linear")
-    if head not in HEADS:
-        raise CxrltError(f"model.head must be one of {', '.join(HEADS)}, not '{head}'")
-    for other, keys in HEAD_KEYS.items():
-        if other != head:
-            for k, default in keys.items():
-                if k in mcfg and mcfg[k] != default:
-                    raise CxrltError(f"model.{k}={mcfg[k]!r} is read by model.head={other} only, "
-                                     f"not by model.head={head}; remove it or set model.head={other}")
-    queries = mcfg.get("class_queries", "learned")
-    if queries not in CLASS_QUERIES:
-        raise CxrltError(f"model.class_queries must be learned or text, not '{queries}'")
-    if queries == "text" and not mcfg.get("text_encoder") and not mcfg.get("text_dim"):
-        raise CxrltError("model.class_queries=text needs model.text_encoder (a Hugging Face model name or a local folder)")
-    temps = mcfg.get("csra_temperatures", [1])
-    if head == "csra" and (not isinstance(temps, (list, tuple)) or not temps
-                           or not all(isinstance(t, (int, float)) and t > 0 for t in temps)):
-        raise CxrltError(f"model.csra_temperatures must be a list of numbers > 0 (99 = max pooling), not {temps!r}")
-    return head
+    """The head's name; a one-line error for a head key the chosen head ignores (schema rules, for
+    a model record saved by a checkpoint as for a recipe's model section)."""
+    from cxrlt import schema
+
+    why = schema.head_rules(schema.with_defaults("model", dict(mcfg)))
+    if why:
+        raise CxrltError(why)
+    return mcfg.get("head") or "linear"
 
 
 def to_tokens(feats: torch.Tensor, fmt: str = "NCHW", prefix: int = 0) -> torch.Tensor:
@@ -176,16 +157,16 @@ def build_head(mcfg, in_dim: int, num_classes: int, text_emb=None) -> nn.Module:
     (`model.text_dim`) that the checkpoint's weights then fill."""
     head = check_head(mcfg)
     if head == "ml_decoder":
-        if mcfg.get("class_queries", "learned") == "text" and text_emb is None:
-            if not mcfg.get("text_dim"):
+        if mcfg["class_queries"] == "text" and text_emb is None:
+            if not mcfg.get("text_dim"):    # recorded by a checkpoint only
                 raise CxrltError("model.class_queries=text: no label embeddings given (models.text.label_embeddings)")
             text_emb = torch.zeros(num_classes, int(mcfg["text_dim"]))
-        elif mcfg.get("class_queries", "learned") != "text":
+        elif mcfg["class_queries"] != "text":
             text_emb = None
-        return MLDecoder(in_dim, num_classes, int(mcfg.get("decoder_dim", 768)), int(mcfg.get("decoder_heads", 8)),
-                         int(mcfg.get("decoder_layers", 1)), text_emb=text_emb)
+        return MLDecoder(in_dim, num_classes, int(mcfg["decoder_dim"]), int(mcfg["decoder_heads"]),
+                         int(mcfg["decoder_layers"]), text_emb=text_emb)
     if head == "csra":
-        return CSRA(in_dim, num_classes, mcfg.get("csra_temperatures", [1]), float(mcfg.get("csra_lambda", 0.1)))
+        return CSRA(in_dim, num_classes, mcfg["csra_temperatures"], float(mcfg["csra_lambda"]))
     raise CxrltError(f"model.head={head} is timm's own classifier, not a separate module")
 
 

@@ -115,7 +115,7 @@ def label_embeddings(mcfg, labels, cache_file: str | Path | None) -> np.ndarray:
 
     The cache is keyed by the encoder as named in the recipe and by the prompt text: a folder whose
     weights are replaced under the same name needs the cache file deleted."""
-    encoder, prompt = mcfg.get("text_encoder"), check_prompt(mcfg.get("prompt", "chest x-ray showing {label}"))
+    encoder, prompt = mcfg["text_encoder"], check_prompt(mcfg["prompt"])
     if not encoder:
         raise CxrltError("model.class_queries=text needs model.text_encoder (a Hugging Face model name or a local folder)")
     texts = class_prompts(labels, prompt)
@@ -172,11 +172,13 @@ def add_labels(net, arch: dict, labels, cache_file: str | Path | None) -> None:
     classes' (unchanged) then these."""
     import torch
 
+    from cxrlt import schema
+
     head = getattr(net, "head", None)
     if not getattr(head, "text", False):
         raise CxrltError(f"zero-shot labels ({', '.join(labels)}) need models trained with model.head=ml_decoder and "
                          f"model.class_queries=text; this experiment's have model.head="
                          f"{arch.get('model', {}).get('head', 'linear')} with "
                          f"{arch.get('model', {}).get('class_queries') or 'learned'} queries")
-    emb = torch.from_numpy(label_embeddings(arch["model"], labels, cache_file))
+    emb = torch.from_numpy(label_embeddings(schema.with_defaults("model", arch["model"]), labels, cache_file))
     head.set_text(torch.cat([head.text_emb[:len(arch["labels"])], emb.to(head.text_emb.device)]))

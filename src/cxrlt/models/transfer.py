@@ -92,7 +92,7 @@ def init_from(net, init, mcfg, labels: list[str], image_size: int) -> dict:
     path, ck, arch = source(init) if isinstance(init, str) else init
     where = f"model.init_from {display_path(path)}"
     m = arch["model"]
-    want = dict(name=mcfg.name, in_chans=int(mcfg.in_chans), head=mcfg.get("head", "linear"), image_size=int(image_size))
+    want = dict(name=mcfg.name, in_chans=int(mcfg.in_chans), head=mcfg.head, image_size=int(image_size))
     have = dict(name=m.get("name"), in_chans=int(m.get("in_chans", 1)), head=m.get("head", "linear"),
                 image_size=int(arch.get("image_size") or 0))
     diff = [f"{k} {have[k]!r} (this run: {want[k]!r})" for k in want if have[k] != want[k]]
