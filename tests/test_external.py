@@ -201,3 +201,35 @@ def test_several_labels_mapped_to_one_finding_are_ored(tmp_path):
     t = table(recipe(tmp_path, [e]))
     np.testing.assert_array_equal(t.y[:, COMP.index("Fracture")], [1, 0, 1])      # x3: Heart unlabelled, Fluid 1
     np.testing.assert_array_equal(t.y[:, COMP.index("Atelectasis")], [NAN, NAN, 0])
+
+
+def test_demo_external_set_is_cached_resumably_and_gives_partial_rows(tiny_root, tmp_path):
+    """experiments/demo_extra.yaml on a tiny demo: stage 01 caches the external set into its own
+    folder (a second run decodes nothing), and its rows carry NaN for the 18 findings it does not label."""
+    from cxrlt.config import load_config
+    from cxrlt.data.demo import EXTRA_RELABEL, make_external
+    from cxrlt.data.images import prepare_extra_cache, read_cached
+    from cxrlt.data.labels import LABELS_2023
+
+    make_external(tiny_root / "demo_extra", n=12, max_side=64, workers=1, uncertain=0.3, blank=0.1, progress=False)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "demo_extra.yaml", [
+        f"data.input_dir={tiny_root}", f"cache.dir={tmp_path / 'cache'}", "cache.size=32", "cache.workers=1",
+        f"output_dir={tmp_path / 'exp'}"])
+    first = prepare_extra_cache(cfg, progress=False)
+    assert [(r["name"], r["written"], r["skipped"]) for r in first] == [("demo_extra", 12, 0)]
+    again = prepare_extra_cache(cfg, progress=False)
+    assert [(r["written"], r["skipped"]) for r in again] == [(0, 12)]
+    rows = extra_training_rows(cfg)
+    assert len(rows) == 12 and all(i.startswith("extra:demo_extra:") for i in rows.ids)
+    assert read_cached(rows.files[0]).shape == (32, 32)
+    assert rows.files[0].parent == tmp_path / "cache" / "extra" / "demo_extra" / "32_stretch_png"
+    labelled = [LABELS_2023.index(x) for x in EXTRA_RELABEL]
+    others = [j for j in range(len(LABELS_2023)) if j not in labelled]
+    assert np.isnan(rows.y[:, others]).all() and len(others) == 18
+    # the file's cells: 1 / 0, -1 -> NaN (uncertain: ignore), empty -> 0 (blank: negative)
+    from cxrlt.fileio import read_table
+    raw = read_table(tiny_root / "demo_extra" / "labels.csv", "image", dtype=str, keep_default_na=False)
+    got = rows.y[:, LABELS_2023.index("Lung Opacity")]
+    want = raw["alveolar pattern"].map({"1": 1.0, "0": 0.0, "-1": np.nan, "": 0.0}).to_numpy(np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert (raw[list(EXTRA_RELABEL.values())] == "-1").to_numpy().any()       # the policies were exercised

@@ -486,4 +486,9 @@ def extra_training_rows(cfg, check_cache: bool = True) -> ExtraRows:
 
 def extra_cache_jobs(cfg) -> list[tuple[ExtraSpec, object, list[tuple[str, str]]]]:
     """Stage 01: (set, its Cache, [(id, source image path)]) per set of data.extra."""
-    return [(t.spec, t.spec.cache(cfg), [(i, str(p)) for i, p in zip(t.ids, t.paths)]) for t in extra_tables(cfg)]
+    from cxrlt.data.experiment import Experiment
+
+    tables = extra_tables(cfg)
+    if tables:
+        check_disjoint(Experiment.of(cfg).spec, tables)
+    return [(t.spec, t.spec.cache(cfg), [(i, str(p)) for i, p in zip(t.ids, t.paths)]) for t in tables]
