@@ -40,7 +40,7 @@ def table(cfg, i=0):
 
 
 NIH = """
-Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]
+Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],
 00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143
 00000001_001.png,Cardiomegaly|Effusion,1,1,58,M,PA,2894,2729,0.143,0.143
 00000002_000.png,No Finding,0,2,80,M,AP,2500,2048,0.171,0.171
@@ -136,7 +136,7 @@ def test_vindr_readers_aggregated(tmp_path, raters, cardio, fib):
     rows = [vindr_row("img1", "R1", {"Cardiomegaly"}), vindr_row("img1", "R2", {"Cardiomegaly", "Pulmonary fibrosis"}),
             vindr_row("img1", "R3", {"No finding"}), vindr_row("img2", "R4", {"No finding"}),
             vindr_row("img2", "R5", {"No finding"}), vindr_row("img2", "R6", {"No finding"})]
-    write(tmp_path / "input" / "vindr-cxr" / "image_labels_train.csv", "image_id,rad_id," + ",".join(VINDR_COLS) + "\n"
+    write(tmp_path / "input" / "vindr-cxr" / "annotations" / "image_labels_train.csv", "image_id,rad_id," + ",".join(VINDR_COLS) + "\n"
           + "\n".join(rows) + "\n")
     t = table(recipe(tmp_path, [dict(preset="vindr", raters=raters)]))
     assert list(t.ids) == ["img1", "img2"] and list(t.patients) == ["img1", "img2"]
@@ -233,3 +233,27 @@ def test_demo_external_set_is_cached_resumably_and_gives_partial_rows(tiny_root,
     want = raw["alveolar pattern"].map({"1": 1.0, "0": 0.0, "-1": np.nan, "": 0.0}).to_numpy(np.float32)
     np.testing.assert_array_equal(got, want)
     assert (raw[list(EXTRA_RELABEL.values())] == "-1").to_numpy().any()       # the policies were exercised
+
+
+def test_external_sets_change_no_fold_oof_or_assignment_input(tiny_root, tmp_path):
+    """data.extra leaves stage 02's folds, the fold assignment and the OOF table (what stage 04 scores,
+    stages 05-06 fit on) exactly as without it: external films are in none of them."""
+    from cxrlt.config import load_config
+    from cxrlt.data.demo import make_external
+    from cxrlt.data.folds import build_folds
+    from cxrlt.data.splits import current_assignment, oof_table
+
+    make_external(tiny_root / "demo_extra", n=12, max_side=64, workers=1, uncertain=0.3, blank=0.1, progress=False)
+    common = [f"data.input_dir={tiny_root}", f"cache.dir={tmp_path / 'cache'}", f"folds.dir={tmp_path / 'folds'}"]
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    with_extra = load_config(root / "demo_extra.yaml", common + [f"output_dir={tmp_path / 'a'}"])
+    without = load_config(root / "demo.yaml", common + [f"output_dir={tmp_path / 'b'}"])
+    build_folds(with_extra)
+    folds = (tmp_path / "folds" / "demo_folds.csv").read_bytes()
+    build_folds(without, force=True)
+    assert (tmp_path / "folds" / "demo_folds.csv").read_bytes() == folds
+    assert current_assignment(with_extra) == current_assignment(without)
+    ids = oof_table(with_extra)["dicom_id"]
+    assert list(ids) == list(oof_table(without)["dicom_id"]) and not ids.str.startswith("extra:").any()
+    extra = extra_training_rows(with_extra, check_cache=False)
+    assert not set(extra.ids) & set(ids) and not {i.split(":", 2)[2] for i in extra.ids} & set(ids)

@@ -169,7 +169,7 @@ class Section(BaseModel):
 # ---------------------------------------------------------------- the recipe
 class ExtraSet(Section):
     """One external labelled set of data.extra (docs/external_data.md): training-only rows."""
-    preset: Choice(*EXTRA_PRESETS) = D("custom", "nih14 (ChestX-ray14 Data_Entry_2017_v2020.csv) | chexpert (train.csv) | padchest (PADCHEST_..._labels_160K_01.02.19.csv) | vindr (VinDr-CXR image_labels_train.csv) | custom (name the columns below)")
+    preset: Choice(*EXTRA_PRESETS) = D("custom", "nih14 (ChestX-ray14 Data_Entry_2017_v2020.csv) | chexpert (train.csv) | padchest (PADCHEST_..._labels_160K_01.02.19.csv) | vindr (VinDr-CXR annotations/image_labels_train.csv) | custom (name the columns below)")
     name: OptStr = D(None, "the set's name: its ids become extra:<name>:<id>, its cache <cache.dir>/extra/<name>/; null = the preset's")
     dir: OptStr = D(None, "folder of the label file, relative to data.input_dir; null = the preset's (nih-chestxray14, chexpert, padchest, vindr-cxr)")
     csv: OptStr = D(None, "the label file, in dir; null = the preset's")

@@ -61,7 +61,7 @@ PRESETS: dict[str, dict] = {
     "padchest": dict(dir="padchest", csv="PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
                      image_root="padchest/images", id_col="ImageID", path_col="ImageID", patient_col="PatientID",
                      view_col="Projection", format="padchest", labels=None, map={"hiatal hernia": "Hernia"}),
-    "vindr": dict(dir="vindr-cxr", csv="image_labels_train.csv", image_root="vindr-cxr/train", id_col="image_id",
+    "vindr": dict(dir="vindr-cxr", csv="annotations/image_labels_train.csv", image_root="vindr-cxr/train", id_col="image_id",
                   path_col=None, path_suffix=".dicom", patient_col=None, view_col=None, format="vindr",
                   labels=VINDR_LABELS, map={"Pulmonary fibrosis": "Fibrosis"}),
     "custom": dict(dir=None, csv=None, image_root=None, id_col=None, path_col=None, patient_col=None, view_col=None,
