@@ -163,3 +163,25 @@ def test_drw_weights_apply_to_labelled_entries_only():
     loss.set_epoch(1)
     w = loss.weight.expand_as(el)
     assert loss(logits, t).item() == pytest.approx((el * w)[keep].sum().item() / keep.sum().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_row_weights_scale_each_rows_share(name):
+    """forward(logits, target, row_weight): sum r_i w_c l_ic over labelled entries / their number;
+    ones change nothing bit for bit, a zero row adds exactly nothing to the gradient."""
+    loss = variants(name)[-1]
+    logits, target, mask = batch(5, soft=True)
+    t = target.masked_fill(mask, float("nan"))
+    r = torch.tensor([1.0, 0.5, 0.0, 2.0, 0.25, 1.0])     # row 2: weight 0, with labelled entries
+    x = logits.clone().requires_grad_()
+    got = loss(x, t, r)
+    got.backward()
+    el = loss.elementwise(logits, target.masked_fill(mask, 0.0))
+    if loss.weighted and loss.weight.numel():
+        el = el * loss.weight
+    want = (el * r[:, None])[~mask].sum() / (~mask).sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert (~mask[2]).any() and (x.grad[2] == 0).all() and (x.grad[mask] == 0).all()
+    assert (x.grad[3][~mask[3]] != 0).all()
+    assert torch.equal(loss(logits, t, torch.ones(6)), loss(logits, t))
+    assert torch.equal(loss(logits, target, torch.ones(6)), loss(logits, target))

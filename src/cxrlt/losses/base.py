@@ -16,7 +16,9 @@ so a masked entry contributes exactly 0 to the loss and to the gradient. With no
 is the plain mean over batch and classes, and the value returned is that mean itself, computed by
 the same operations as before masking existed (bit for bit; chosen on the device, no host sync).
 Soft targets in [0, 1] (pseudo-labels, distillation, MixUp) are used as they are by every loss here:
-each interpolates its positive and negative terms by the target (y l+ + (1 - y) l-).
+each interpolates its positive and negative terms by the target (y l+ + (1 - y) l-). An optional
+per-row weight r_i (`forward(logits, target, row_weight)`, e.g. pseudo-labelled films at a lower
+weight) multiplies row i's terms: sum r_i w_c l_ic / number of labelled entries.
 """
 from __future__ import annotations
 
@@ -40,11 +42,15 @@ class MultiLabelLoss(nn.Module):
     def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, row_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """row_weight: (B,) weights of the rows (e.g. a pseudo-label weight), multiplying their element
+        losses; the divisor stays the number of labelled entries, so a weight scales a row's share."""
         labelled = ~torch.isnan(target)
         loss = self.elementwise(logits, torch.where(labelled, target, torch.zeros_like(target)))
         if self.weighted and self.weight.numel():
             loss = loss * self.weight
+        if row_weight is not None:
+            loss = loss * row_weight.reshape(-1, 1).to(loss.dtype)
         n = labelled.sum()
         masked = torch.where(labelled, loss, torch.zeros_like(loss)).sum() / n.clamp(min=1)
         # every entry labelled: the plain mean, exactly the value of the unmasked formula
