@@ -10,7 +10,7 @@ with the same checkpoint and films reads nothing and decodes nothing. Each fold 
 fold assignment must be the student's (a model trained on other folds is refused before any pass).
 Images come from the teacher's own image cache (its cache.size; stage 01 of the teacher's recipe).
 
-    python -m cxrlt.evaluate.pseudo --config experiments/student.yaml --teacher teacher_name --splits test dev
+    python -m cxrlt.evaluate.pseudo --config experiments/student.yaml --teacher teacher_name --splits test,dev
 """
 from __future__ import annotations
 
@@ -124,12 +124,16 @@ def main(argv=None) -> None:
         p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         p.add_argument("--config", required=True, help="the student's recipe")
         p.add_argument("--teacher", required=True, help="a finished experiment (name under experiments/ or folder)")
-        p.add_argument("--splits", nargs="+", default=["test"], choices=PSEUDO_SPLITS)
+        p.add_argument("--splits", default="test", help=f"comma-separated, of {', '.join(PSEUDO_SPLITS)} (default test)")
         p.add_argument("--fold", type=int, action="append", help="only these folds (repeatable); default all")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the student's recipe")
         a = p.parse_args(argv)
+        splits = [x.strip() for x in a.splits.split(",") if x.strip()]
+        bad = [x for x in splits if x not in PSEUDO_SPLITS]
+        if bad or not splits:
+            raise CxrltError(f"--splits: one or more of {', '.join(PSEUDO_SPLITS)}, comma-separated, not '{a.splits}'")
         cfg = load_config(a.config, a.overrides)
-        written = teacher_logits(cfg, a.teacher, a.splits, a.fold)
+        written = teacher_logits(cfg, a.teacher, splits, a.fold)
         for (k, s), f in sorted(written.items()):
             print(f"fold {k} {s}: {display_path(f)}")
 
