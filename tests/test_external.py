@@ -252,8 +252,11 @@ def test_external_sets_change_no_fold_oof_or_assignment_input(tiny_root, tmp_pat
     folds = (tmp_path / "folds" / "demo_folds.csv").read_bytes()
     build_folds(without, force=True)
     assert (tmp_path / "folds" / "demo_folds.csv").read_bytes() == folds
-    assert current_assignment(with_extra) == current_assignment(without)
-    ids = oof_table(with_extra)["dicom_id"]
-    assert list(ids) == list(oof_table(without)["dicom_id"]) and not ids.str.startswith("extra:").any()
+    from cxrlt.data.experiment import Experiment
+
+    sa, sb = Experiment.of(with_extra).spec, Experiment.of(without).spec
+    assert current_assignment(with_extra, sa) == current_assignment(without, sb)
+    ids = oof_table(with_extra, sa)["dicom_id"]
+    assert list(ids) == list(oof_table(without, sb)["dicom_id"]) and not ids.str.startswith("extra:").any()
     extra = extra_training_rows(with_extra, check_cache=False)
     assert not set(extra.ids) & set(ids) and not {i.split(":", 2)[2] for i in extra.ids} & set(ids)

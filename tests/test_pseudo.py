@@ -56,7 +56,7 @@ def plant(student, tdir, split, value_of_fold, folds_hash=None, labels=None):
         write_csv(f, df, float_format="%.9g")
         write_text(f.with_suffix(".json"), to_json(dict(
             checkpoint=stamps({"b": tdir / f"fold{k}" / "best.pt"})["b"], csv=stamps({"f": f})["f"],
-            folds=folds_hash or current_assignment(student), ids=ids_hash(ids), labels=labels)))
+            folds=folds_hash or current_assignment(student, Experiment.of(student).spec), ids=ids_hash(ids), labels=labels)))
 
 
 def _ids(student, split, k):
@@ -166,7 +166,7 @@ def test_the_inference_pass_runs_each_fold_model_and_caches(pair, tmp_path):
     cache_images(Cache.from_config(t.cfg, spec.name), [(i, str(spec.image_root / p)) for i, p in
                                                        zip(test[spec.id_col], test[spec.path_col])], 1, False)
     arch = arch_record(t.cfg.model, spec.labels, 32, "stretch", 0.5, 0.25)
-    assignment = current_assignment(student)
+    assignment = current_assignment(student, Experiment.of(student).spec)
 
     def write(k, folds):
         net = model_from_arch(arch)
