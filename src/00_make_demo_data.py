@@ -1,5 +1,6 @@
 """Stage 00: write the synthetic CXR-LT-shaped demo dataset to input/demo/ (or, with --single-label,
-the NIH-CXR-LT-shaped single-label demo to input/demo-single-label/)."""
+the NIH-CXR-LT-shaped single-label demo to input/demo-single-label/; with --extra, an external
+labelled set with partial labels to input/demo_extra/)."""
 import argparse
 
 from cxrlt.cli import run_stage
@@ -19,6 +20,9 @@ def run(argv=None):
     p.add_argument("--force", action="store_true", help="regenerate even if a complete demo is there")
     p.add_argument("--relabelled", action="store_true", help="instead write input/demo_relabelled/: demo fold 0's "
                    "training images under 2026-style names (the model.init_from example; needs the demo's folds)")
+    p.add_argument("--extra", action="store_true", help="instead write input/demo_extra/: an external labelled set "
+                   "of --n-train new films (default 600) labelled for 8 findings, some cells uncertain or blank (the "
+                   "data.extra example, experiments/demo_extra.yaml)")
     p.add_argument("--single-label", action="store_true", help="instead write input/demo-single-label/: the "
                    "single-label long-tail benchmark's four CSVs (train, balanced-val, test, balanced-test), "
                    "--n-train images (default 1000), 10 and 20 per class in the balanced sets")
@@ -47,6 +51,18 @@ def run(argv=None):
         else:
             print(f"wrote {display_path(out)}: " + ", ".join(f"{k} {v} images" for k, v in r["images"].items())
                   + "; training images per class: " + ", ".join(f"{k} {v}" for k, v in r["train_counts"].items()))
+        return
+    if a.extra:
+        from cxrlt.data.demo import make_external
+
+        out = project_path(a.out or "input/demo_extra")
+        r = make_external(out, n=a.n_train or 600, max_side=a.max_side or 384, seed=101 + a.seed, workers=a.workers,
+                          force=a.force)
+        if r["skipped"]:
+            print(f"{display_path(out)}: demo external set already complete; --force regenerates it")
+        else:
+            print(f"wrote {display_path(out)}: {r['images']} films, labels {', '.join(r['labels'])} (every other "
+                  f"finding unlabelled)")
         return
     if a.relabelled:
         from cxrlt.data.demo import make_relabelled

@@ -17,6 +17,9 @@ def run(argv=None):
         print(f"{display_path(r['folder'])}: all {r['total']} images already cached ({splits}); --force redoes it")
     else:
         print(f"{display_path(r['folder'])}: cached {r['written']} images, {r['skipped']} were already there ({splits})")
+    for x in r.get("extra", ()):   # data.extra: one cache per external set
+        print(f"{display_path(x['folder'])}: external set {x['name']}: cached {x['written']} images, "
+              f"{x['skipped']} were already there ({x['total']} films)")
 
 
 def main(argv=None):

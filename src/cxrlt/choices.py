@@ -6,6 +6,10 @@ import re
 PRESETS = ("cxr-lt-2023", "cxr-lt-2024-task1", "cxr-lt-2024-task2", "cxr-lt-2024-task3", "cxr-lt-2026",
            "cxr-lt-2026-task2", "demo", "nih-cxr-lt", "mimic-cxr-lt", "demo-single-label", "custom")
 TASKS = ("multilabel", "multiclass")
+EXTRA_PRESETS = ("nih14", "chexpert", "padchest", "vindr", "custom")   # data.extra: external labelled sets
+EXTRA_UNCERTAIN = ("ignore", "ones", "zeros")                          # a -1 (uncertain) cell
+EXTRA_BLANK = ("negative", "ignore")                                   # an empty cell of a label column
+EXTRA_RATERS = ("majority", "any", "mean")                             # several readers per image (VinDr-CXR)
 RESIZE_MODES = ("stretch", "pad")
 CACHE_FORMATS = ("png", "jpg")
 FOLD_SCHEMES = ("kfold", "given")

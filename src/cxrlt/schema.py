@@ -24,6 +24,10 @@ from pydantic_core import PydanticCustomError
 from cxrlt.choices import (  # noqa: F401 (re-exported: schema.PRESETS etc.)
     PRESETS,
     TASKS,
+    EXTRA_PRESETS,
+    EXTRA_UNCERTAIN,
+    EXTRA_BLANK,
+    EXTRA_RATERS,
     RESIZE_MODES,
     CACHE_FORMATS,
     FOLD_SCHEMES,
@@ -166,6 +170,25 @@ class Section(BaseModel):
 
 
 # ---------------------------------------------------------------- the recipe
+class ExtraSet(Section):
+    """One external labelled set of data.extra (docs/external_data.md): training-only rows."""
+    preset: Choice(*EXTRA_PRESETS) = D("custom", "nih14 (ChestX-ray14 Data_Entry_2017_v2020.csv) | chexpert (train.csv) | padchest (PADCHEST_..._labels_160K_01.02.19.csv) | vindr (VinDr-CXR annotations/image_labels_train.csv) | custom (name the columns below)")
+    name: OptStr = D(None, "the set's name: its ids become extra:<name>:<id>, its cache <cache.dir>/extra/<name>/; null = the preset's")
+    dir: OptStr = D(None, "folder of the label file, relative to data.input_dir; null = the preset's (nih-chestxray14, chexpert, padchest, vindr-cxr)")
+    csv: OptStr = D(None, "the label file, in dir; null = the preset's")
+    image_root: OptStr = D(None, "image paths are relative to this folder (relative to data.input_dir); null = the preset's, else dir")
+    id_col: OptStr = D(None, "image id column; null = the preset's")
+    path_col: OptStr = D(None, "image path column; null = the preset's (custom: id_col)")
+    patient_col: OptStr = D(None, "patient column; null = the preset's (custom: each image its own patient)")
+    view_col: OptStr = D(None, "view column; null = the preset's (none for vindr)")
+    labels: Union[Texts, None] = D(None, "custom: the label columns (cells 1, 0, -1 or empty); null = the preset's format", kind="list of texts or null")
+    map: dict[str, OptStr] = D({}, "their label -> the competition's (over the preset's own map and the name / alias match); null drops a label", kind="mapping of text to text or null")
+    uncertain: Choice(*EXTRA_UNCERTAIN) = D("ignore", "a -1 (uncertain) cell: ignore (unlabelled, left out of the loss) | ones | zeros")
+    blank: Choice(*EXTRA_BLANK) = D("negative", "an empty cell of a label column: negative (CheXpert's 'not mentioned') | ignore (unlabelled)")
+    raters: Choice(*EXTRA_RATERS) = D("majority", "vindr (several radiologists per image): majority (> half) | any | mean (the share of readers, a soft target)")
+    views: Union[Texts, None] = D(None, "keep only these views, e.g. [PA, AP] (frontal films); null = all", kind="list of texts or null")
+
+
 class Data(Section):
     preset: Choice(*PRESETS) = D("demo", "the dataset: a CXR-LT release, a single-label benchmark set, the demo, or custom (name every field below)")
     input_dir: Str = D("input", "where the presets look for their files (relative to the project root)")
@@ -193,6 +216,7 @@ class Data(Section):
     zero_shot_labels: Union[Texts, None] = D(None, "labels with no training column, scored zero-shot (a preset's: cxr-lt-2024-task3, cxr-lt-2026-task2)", kind="list of texts or null")
     allow_outside_root: Bool = D(False, "let image paths in the CSVs lead outside data.image_root (`..` steps, absolute paths); false: such a path stops stage 01 naming its row")
     submission_labels: Union[Texts, None] = D(None, "the submission's label columns, in order; null = data.labels (zero-shot presets: their findings)", kind="list of texts or null")
+    extra: list[ExtraSet] = D([], "external labelled sets, training-only rows of every fold (never in OOF, blends or thresholds); a finding a set does not label is left out of the loss for its images; keys below", kind="list of external sets")
 
 
 class Cache(Section):
@@ -513,9 +537,18 @@ def markdown() -> str:
             continue
         lines += ["", f"## {sec}", "", f"{f.description[0].upper()}{f.description[1:]}.", "",
                   "| key | type | default | meaning |", "|---|---|---|---|"]
+        subs = []
         for n, g in type(f.default).model_fields.items():
             key = g.alias or n
             lines.append(f"| `{sec}.{key}` | {_type_text(g)} | `{_fmt(g.default)}` | {_cell(g.description)} |")
+            item = getattr(g.annotation, "__args__", (None,))[0]
+            if isinstance(item, type) and issubclass(item, BaseModel):     # a list of entries: their keys below
+                subs.append((f"{sec}.{key}", item))
+        for where, model in subs:
+            lines += ["", f"### {where} entries", "", f"{model.__doc__.strip()}", "",
+                      "| key | type | default | meaning |", "|---|---|---|---|"]
+            lines += [f"| `{n}` | {_type_text(g)} | `{_fmt(g.default)}` | {_cell(g.description)} |"
+                      for n, g in model.model_fields.items()]
     return "\n".join(lines) + "\n"
 
 

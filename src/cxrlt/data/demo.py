@@ -515,6 +515,54 @@ def make_relabelled(demo_dir: Path, folds_csv: Path, out_dir: Path, fold: int = 
     return dict(train=len(keep), labels=list(RELABEL.values()))
 
 
+# The data.extra example (experiments/demo_extra.yaml): an external labelled set of new films (the
+# demo's generator, another seed: none is a demo film, so no demo fold is leaked into), labelled for
+# 8 of the 26 findings under the relabelled demo's names (one, "alveolar pattern", needs the recipe's
+# map), a few cells uncertain (-1) or blank: every other finding is unlabelled for these films.
+EXTRA_RELABEL = {"No Finding": "Normal", "Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly",
+                 "Pleural Effusion": "pleural effusion", "Pneumothorax": "Pneumothorax",
+                 "Support Devices": "Support Devices", "Fracture": "fracture", "Lung Opacity": "alveolar pattern"}
+
+
+def make_external(out_dir: Path, n: int = 600, max_side: int = 384, seed: int = 101, workers: int = 2,
+                  uncertain: float = 0.05, blank: float = 0.02, force: bool = False, progress: bool = True) -> dict:
+    """input/demo_extra/: n new synthetic films (images under files/) and labels.csv with columns
+    image, file, patient, view and the EXTRA_RELABEL names; a share `uncertain` of the positive cells
+    is written -1 and a share `blank` of all cells left empty. Skips when complete with the same settings."""
+    out_dir = Path(out_dir)
+    meta = dict(n=n, max_side=max_side, seed=seed, uncertain=uncertain, blank=blank, version=1)
+    meta_file, labels_csv = out_dir / "demo_extra_meta.json", out_dir / "labels.csv"
+    if meta_file.is_file() and not force:
+        old = json.loads(meta_file.read_text())
+        if old == meta and labels_csv.is_file():
+            return dict(meta, skipped=True)
+        if old != meta:
+            raise CxrltError(f"{display_path(out_dir)}: holds a demo external set made with other settings ({old}); "
+                             f"add --force to replace it")
+    if force and meta_file.is_file():
+        shutil.rmtree(out_dir / "files", ignore_errors=True)  # only ever our own generated files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(meta_file, json.dumps(meta))
+    df = make_tables({"train": n, "development": 0, "test": 0}, seed)["train"]
+    y = df[LABELS_2023].to_numpy()
+    size_rng = np.random.default_rng([seed, 21])
+    jobs = []
+    for i in range(len(df)):
+        w = int(max_side * size_rng.uniform(0.7, 1.0))
+        h = int(min(max_side * 1.25, w * size_rng.uniform(0.85, 1.25)))
+        jobs.append((str(out_dir), df.path.iloc[i], y[i], df.ViewPosition.iloc[i], h, w, [seed, 22, i]))
+    render_all(jobs, _render_job, "demo external set", workers, progress)
+    rng = np.random.default_rng([seed, 23])
+    cells = df[list(EXTRA_RELABEL)].to_numpy().astype(int).astype(object)
+    cells[(cells == 1) & (rng.random(cells.shape) < uncertain)] = -1
+    cells[rng.random(cells.shape) < blank] = ""
+    out = pd.DataFrame({"image": df.dicom_id, "file": df.path, "patient": "x" + df.subject_id.astype(str),
+                        "view": df.ViewPosition})
+    out[list(EXTRA_RELABEL.values())] = cells
+    write_csv(labels_csv, out)          # last: its presence marks a complete set
+    return dict(meta, skipped=False, images=len(out), labels=list(EXTRA_RELABEL.values()))
+
+
 # ----------------------------------------------------------------------------- the single-label demo
 def single_label_counts(n_train: int, n_classes: int, imbalance: float = 25.0) -> np.ndarray:
     """Training images per class, geometric from the first (most frequent) class down to

@@ -338,13 +338,65 @@ def cache_images(cache: Cache, items: list[tuple[str, str]], workers: int = 0, p
 
 
 def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
-    """Stage 01 under the cache folder's lock: a second run on the same cache stops at once."""
+    """Stage 01 under the cache folder's lock: a second run on the same cache stops at once. Then
+    each external set of data.extra into its own cache folder, under that folder's lock
+    (`extra`: one result per set, see prepare_extra_cache)."""
     from cxrlt.data.experiment import Experiment
     from cxrlt.stage import stage_frame
 
     folder = Cache.from_config(cfg, Experiment.of(cfg).spec.name).folder
     with stage_frame(folder, None, f"image cache {folder.name}", force=force, lock=folder.parent / f".{folder.name}.lock"):
-        return _prepare_dataset_cache(cfg, force, progress)
+        out = _prepare_dataset_cache(cfg, force, progress)
+    out["extra"] = prepare_extra_cache(cfg, force, progress)
+    return out
+
+
+def prepare_extra_cache(cfg, force: bool = False, progress: bool = True) -> list[dict]:
+    """Stage 01 for data.extra: every external set's films into <cache.dir>/extra/<set>/<size>_<resize>_<format>/,
+    keyed by the set's own ids, resumable and skipping what is cached as the main cache does (sources.csv).
+    Missing or undecodable films fail the stage after the others are cached, listed in the set's failed.csv."""
+    import shutil
+    import sys
+
+    import pandas as pd
+
+    from cxrlt.config import save_resolved
+    from cxrlt.data.external import extra_cache_jobs
+    from cxrlt.errors import CxrltError
+    from cxrlt.fileio import display_path, write_csv
+    from cxrlt.stage import stage_frame
+
+    results, failed = [], []
+    for spec, cache, items in extra_cache_jobs(cfg):
+        folder = cache.folder
+        names = pd.Series([safe_name(i) for i, _ in items])
+        if names.duplicated().any():
+            clash = [i for (i, _), n in zip(items, names) if n == names[names.duplicated()].iloc[0]]
+            raise CxrltError(f"{display_path(spec.csv)}: ids {clash[:2]} map to the same cache file name")
+        with stage_frame(folder, None, f"image cache {spec.name}/{folder.name}", force=force,
+                         lock=folder.parent / f".{folder.name}.lock"):
+            if force and folder.exists():
+                shutil.rmtree(folder)
+            missing = [(i, p) for i, p in items if not os.path.isfile(p)]
+            if missing:
+                print(f"warning: {display_path(spec.csv)}: {len(missing)} of {len(items)} image files of {spec.where} "
+                      f"missing under {display_path(spec.image_root)}, e.g. {missing[0][1]}", file=sys.stderr)
+            written, skipped, failures = cache_images(cache, items, int(cfg.cache.workers or 0), progress,
+                                                      int(cfg.cache.max_image_pixels))
+            save_resolved(cfg, folder / "prepare_config.yaml")
+            failed_csv = folder / "failed.csv"
+            if failures:
+                write_csv(failed_csv, pd.DataFrame(failures, columns=["id", "path", "reason"]))
+                for image_id, src, reason in failures[:20]:
+                    print(f"  failed: {spec.name} {image_id} ({display_path(src)}): {reason}", file=sys.stderr)
+                failed.append(f"{len(failures)} of {len(items)} in {display_path(failed_csv)}")
+            else:
+                failed_csv.unlink(missing_ok=True)
+        results.append(dict(name=spec.name, folder=folder, written=written, skipped=skipped, total=len(items)))
+    if failed:
+        raise CxrltError(f"external sets: images could not be cached ({'; '.join(failed)}); fix or remove them "
+                         f"and re-run")
+    return results
 
 
 def _prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:

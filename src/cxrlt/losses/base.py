@@ -5,6 +5,20 @@ epoch `drw_epoch` on (deferred re-weighting, Cao et al., NeurIPS 2019; 0 = from 
 returns the mean over batch and classes, so the loss scale (hence the right lr) does not depend on
 batch size or class count. The weighting is a function of the epoch set by `set_epoch` at the top of
 each epoch, never a counter carried across epochs, so a resumed run is exact.
+
+Unlabelled entries (partial labels, docs/external_data.md). A target entry that is NaN means "this
+image's set does not label this finding": it is neither positive nor negative. The element loss is
+computed with that entry read as 0 (so every term stays finite), then left out, and the batch loss is
+
+    sum over labelled entries of w_c l_ic  /  number of labelled entries   (0 when none is labelled)
+
+so a masked entry contributes exactly 0 to the loss and to the gradient. With no NaN in the batch this
+is the plain mean over batch and classes, and the value returned is that mean itself, computed by
+the same operations as before masking existed (bit for bit; chosen on the device, no host sync).
+Soft targets in [0, 1] (pseudo-labels, distillation, MixUp) are used as they are by every loss here:
+each interpolates its positive and negative terms by the target (y l+ + (1 - y) l-). An optional
+per-row weight r_i (`forward(logits, target, row_weight)`, e.g. pseudo-labelled films at a lower
+weight) multiplies row i's terms: sum r_i w_c l_ic / number of labelled entries.
 """
 from __future__ import annotations
 
@@ -28,11 +42,19 @@ class MultiLabelLoss(nn.Module):
     def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self.elementwise(logits, target)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, row_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """row_weight: (B,) weights of the rows (e.g. a pseudo-label weight), multiplying their element
+        losses; the divisor stays the number of labelled entries, so a weight scales a row's share."""
+        labelled = ~torch.isnan(target)
+        loss = self.elementwise(logits, torch.where(labelled, target, torch.zeros_like(target)))
         if self.weighted and self.weight.numel():
             loss = loss * self.weight
-        return loss.mean()
+        if row_weight is not None:
+            loss = loss * row_weight.reshape(-1, 1).to(loss.dtype)
+        n = labelled.sum()
+        masked = torch.where(labelled, loss, torch.zeros_like(loss)).sum() / n.clamp(min=1)
+        # every entry labelled: the plain mean, exactly the value of the unmasked formula
+        return torch.where(n == labelled.numel(), loss.mean(), masked)
 
 
 def smooth(target: torch.Tensor, ls: float) -> torch.Tensor:

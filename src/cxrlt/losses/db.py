@@ -26,6 +26,11 @@ alpha = 0.1 the weight floor, beta = 10 the steepness and mu = 0.2 the centre of
 lambda = 2 the negative scale; kappa = 0.05 the prior-bias scale; focal_gamma = 2.
 DB brings its own weighting, so it takes no loss.class_weights (nor DRW).
 Classes with no (or only) positives count as having 1 (or N - 1), so every term stays finite.
+
+Partial labels (NaN targets, losses/base.py): an unlabelled entry counts as not positive in its
+row's P^I(x) (the instance is drawn for the classes it is known to show) and its own term is left
+out; the prior p_i is over the images that label class i. Soft targets: P^I(x) sums y_k / n_k with
+the soft y_k, and each term interpolates y pos + (1 - y) neg.
 """
 from __future__ import annotations
 
@@ -41,9 +46,16 @@ FOCAL_BALANCE = 2.0  # the official balance_param of DB-Focal
 
 
 class DistributionBalancedLoss(MultiLabelLoss):
-    def __init__(self, positives, n: int, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05, focal_gamma=2.0):
+    """n: training images, or (C,) images that label each class (partial labels): the prior
+    p_i = n_i / n is then over the images that label class i."""
+
+    def __init__(self, positives, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05, focal_gamma=2.0):
         super().__init__()
-        counts = np.clip(np.asarray(positives, np.float64), 1, max(n - 1, 1))
+        if np.ndim(n):
+            n = np.asarray(n, np.float64)
+            counts = np.clip(np.asarray(positives, np.float64), 1, np.maximum(n - 1, 1))
+        else:
+            counts = np.clip(np.asarray(positives, np.float64), 1, max(n - 1, 1))
         bias = -np.log(n / counts - 1)                      # b_i, sigmoid(b_i) = p_i
         self.register_buffer("inv_freq", torch.tensor(1 / counts, dtype=torch.float32))
         self.register_buffer("shift", torch.tensor(kappa * bias / lam, dtype=torch.float32))  # -nu_i
@@ -72,5 +84,5 @@ def _db(lcfg, stats, weight, drw):
     if lam <= 0 or gamma < 0 or stats.n < 2:
         raise CxrltError(f"loss.db_lambda must be > 0 and loss.db_focal_gamma >= 0, with >= 2 training images "
                          f"(got {lam}, {gamma}, n={stats.n})")
-    return DistributionBalancedLoss(stats.positives, stats.n, float(lcfg.db_alpha), float(lcfg.db_beta),
+    return DistributionBalancedLoss(stats.positives, stats.per_class, float(lcfg.db_alpha), float(lcfg.db_beta),
                                     float(lcfg.db_mu), lam, float(lcfg.db_kappa), gamma)

@@ -3,7 +3,8 @@
 Each positive logit is lowered by a class margin m_c proportional to n_c^(-1/4), scaled so the
 rarest class gets loss.ldam_max_m; the shifted logits are multiplied by loss.ldam_s and scored with
 binary cross-entropy: BCE(s (z - m_c y), y~), y~ the label-smoothed target (the margin
-uses the unsmoothed y; a soft, mixed label gets the proportional margin). LDAM-DRW is this loss with loss.class_weights (cb) and
+uses the unsmoothed y; a soft, mixed label or a pseudo-label gets the proportional margin y m_c; an
+unlabelled, NaN entry gets none and is left out, losses/base.py). LDAM-DRW is this loss with loss.class_weights (cb) and
 loss.drw_epoch (the paper defers the weights to 80 % of training).
 """
 from __future__ import annotations

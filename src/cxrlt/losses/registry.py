@@ -25,10 +25,17 @@ WEIGHT_KEYS = ("class_weights", "cb_beta", "drw_epoch")
 
 @dataclass(frozen=True)
 class TrainStats:
-    """What a loss may know about its training data: positives per class, images, epochs."""
+    """What a loss may know about its training data: positives per class, images, epochs, and the
+    images that label each class (`labelled`, (C,); None = all n: no partial labels)."""
     positives: np.ndarray
     n: int
     epochs: int
+    labelled: np.ndarray | None = None
+
+    @property
+    def per_class(self):
+        """Images a class's frequency is over: n, or the (C,) labelled counts with partial labels."""
+        return self.n if self.labelled is None else self.labelled
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,14 @@ def _check_keys(lcfg, name: str, entry: _Entry) -> None:
                              f"{', '.join(sorted(reads - {'name'})) or 'no other key'}); remove it or pick another loss")
 
 
-def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel") -> MultiLabelLoss:
+def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel", labelled=None) -> MultiLabelLoss:
     """The recipe's loss; positives (C,) and n (training counts) feed class weights and margins.
-    task=multiclass picks the softmax form (one label per image)."""
+    task=multiclass picks the softmax form (one label per image).
+
+    labelled: (C,) training images that label each class, when some targets are NaN (partial
+    labels: external sets, losses/base.py); None = n for every class, as before. Class frequencies
+    (class weights, weighted_bce's ratio, DB's prior) are then over labelled images only; positives
+    must count labelled entries only too (`losses.weights.label_counts(y)` gives both)."""
     name = lcfg.get("name")
     table = MULTICLASS_LOSSES if task == "multiclass" else LOSSES
     if name not in table:
@@ -76,9 +88,19 @@ def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel
                          f"not '{name}'{why}")
     entry = table[name]
     _check_keys(lcfg, name, entry)
-    stats = TrainStats(np.asarray(positives, np.float64), int(n), int(epochs))
-    weight = class_weights(stats.positives, stats.n, lcfg.get("class_weights"), float(lcfg.get("cb_beta", 0.9999))) \
-        if entry.weights else None
+    if labelled is not None:
+        labelled = np.asarray(labelled, np.int64)
+        if labelled.shape != np.shape(positives) or (labelled > int(n)).any() or (labelled < 0).any():
+            raise CxrltError(f"build_loss: labelled counts must be one per class in [0, n={int(n)}], "
+                             f"got shape {labelled.shape} for {np.shape(positives)} classes")
+        if task == "multiclass" and (labelled < int(n)).any():
+            raise CxrltError("data.task=multiclass: a softmax over one label per image has no unlabelled "
+                             "entries; partial labels (NaN targets, data.extra) need data.task=multilabel")
+        if (labelled == int(n)).all():
+            labelled = None              # nothing is unlabelled: exactly the statistics without partial labels
+    stats = TrainStats(np.asarray(positives, np.float64), int(n), int(epochs), labelled)
+    weight = class_weights(stats.positives, stats.per_class, lcfg.get("class_weights"),
+                           float(lcfg.get("cb_beta", 0.9999))) if entry.weights else None
     drw = int(lcfg.get("drw_epoch") or 0) if entry.weights else 0
     if drw and weight is None:
         raise CxrltError(f"loss.drw_epoch={drw} defers class weights, but loss.class_weights is null")
@@ -94,9 +116,9 @@ def _bce(lcfg, stats, weight, drw):
 
 @register("weighted_bce", keys=("label_smoothing", "max_pos_weight"))
 def _weighted_bce(lcfg, stats, weight, drw):
-    """Positives up-weighted by their negative/positive ratio, capped at loss.max_pos_weight."""
+    """Positives up-weighted by their negative/positive ratio (among labelled images), capped at loss.max_pos_weight."""
     pos = np.clip(stats.positives, 1, None)
-    pw = np.clip((stats.n - pos) / pos, 1, float(lcfg.max_pos_weight))
+    pw = np.clip((stats.per_class - pos) / pos, 1, float(lcfg.max_pos_weight))
     return BCELoss(float(lcfg.label_smoothing), weight, torch.tensor(pw, dtype=torch.float32), drw_epoch=drw)
 
 

@@ -7,6 +7,9 @@ every loss takes soft labels: l_i = -sum_c y_ic f(p_ic), label smoothing towards
 weights the batch loss is sum_i w_i l_i / sum_i w_i, w_i = sum_c w_c y_ic (the weight of the true
 class): for one-hot targets exactly torch's `cross_entropy(weight=w)` mean, the benchmark's code
 (torch has no focal or LDAM softmax loss with soft targets, hence these few lines).
+
+Partial labels (NaN targets) have no meaning for one softmax over one label per image:
+`build_loss(..., task="multiclass", labelled=...)` refuses them in one line before training.
 """
 from __future__ import annotations
 

@@ -2,6 +2,10 @@
 
 For multi-label data n_c is the number of training images on which class c is positive. Every
 scheme is normalised to mean 1, so switching weights on (or on at the DRW epoch) keeps the loss scale.
+
+With partial labels (a NaN target: the image's set does not label the finding) a class's frequency
+is over the images that label it: f_c = n_c / m_c, m_c the labelled images of class c
+(`label_counts`); `n` may then be that (C,) array instead of one number.
 """
 from __future__ import annotations
 
@@ -13,8 +17,18 @@ from cxrlt.errors import CxrltError
 
 
 
-def class_weights(positives, n: int, mode: str | None, beta: float = 0.9999) -> torch.Tensor | None:
-    """None for no weights; else a float32 (C,) tensor with mean 1.
+def label_counts(y) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, labelled) per class of a (N, C) target matrix in which NaN means unlabelled:
+    positives sums the labelled targets (a soft target counts its share), labelled counts the
+    entries that are not NaN. Without NaN: (y.sum(0), N for every class)."""
+    y = np.asarray(y, np.float64)
+    known = ~np.isnan(y)
+    return np.where(known, y, 0.0).sum(0), known.sum(0).astype(np.int64)
+
+
+def class_weights(positives, n, mode: str | None, beta: float = 0.9999) -> torch.Tensor | None:
+    """None for no weights; else a float32 (C,) tensor with mean 1. n: training images, or (C,)
+    labelled images per class (partial labels).
 
     inverse: 1 / f_c; inverse_sqrt: 1 / sqrt(f_c) (f_c = n_c / n);
     cb: class-balanced by the effective number of samples (Cui et al., CVPR 2019): (1 - beta) / (1 - beta^n_c);
@@ -24,6 +38,8 @@ def class_weights(positives, n: int, mode: str | None, beta: float = 0.9999) -> 
     if not mode:
         return None
     counts = np.clip(np.asarray(positives, np.float64), 1, None)  # a class with no positive weighs as one with 1
+    if np.ndim(n):
+        n = np.asarray(n, np.float64)
     if mode == "inverse":
         w = n / counts
     elif mode == "inverse_sqrt":

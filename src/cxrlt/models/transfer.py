@@ -2,40 +2,18 @@
 classifier rows of the classes both label sets share, matched by name through an alias table;
 every other class keeps its fresh initialisation.
 
-Names match after lower-casing and folding spaces, `_` and `-`, then through ALIASES (pairs that
-name one finding in two releases):
-
-| one release | the other |
-|---|---|
-| No Finding (CXR-LT 2023) | Normal (2024, 2026) |
-| Pneumoperitoneum (MIMIC) | pneumoperitoneo (PadChest) |
-| Calcification of the Aorta (MIMIC) | aortic atheromatosis (PadChest) |
-| Tortuous Aorta (MIMIC) | aortic elongation (PadChest) |
+Names match through the alias table of `cxrlt.findings` (lower case, spaces / `_` / `-` folded, then
+ALIASES: No Finding = Normal, and three MIMIC / PadChest pairs).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path
-
-ALIASES = [("no finding", "normal"), ("pneumoperitoneum", "pneumoperitoneo"),
-           ("calcification of the aorta", "aortic atheromatosis"), ("tortuous aorta", "aortic elongation")]
-_CANON = {b: a for a, b in ALIASES}
-
-
-def label_key(name: str) -> str:
-    k = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
-    return _CANON.get(k, k)
-
-
-def match_labels(source: list[str], target: list[str]) -> dict[int, int]:
-    """{target index: source index} of the classes that name the same finding."""
-    src = {label_key(n): i for i, n in enumerate(source)}
-    return {j: src[label_key(n)] for j, n in enumerate(target) if label_key(n) in src}
+from cxrlt.findings import ALIASES, label_key, match_labels  # noqa: F401  (the alias table lives in ground)
 
 
 def source_checkpoint(init_from: str) -> Path:
