@@ -152,3 +152,26 @@ def test_balanced_mixup_draws_partners_by_weight(tmp_path):
         make_ds(tmp_path, labels, balanced_mixup=1.0)
     with pytest.raises(CxrltError, match="mix_labels"):
         make_ds(tmp_path, labels, mix_labels="sum")
+
+
+def test_the_union_rule_for_soft_and_unlabelled_targets():
+    """Mixing films whose targets are probabilities (a teacher's) or unknown (NaN: a set that does not
+    label the finding): 1 - prod(1 - p), unknown unless some source is a certain positive; the normal
+    class = P(a source normal) x P(no other finding); on 0/1 labels it is the hard rule exactly."""
+    import numpy as np
+
+    from cxrlt.data.augment import combine_labels, soft_union
+
+    rng = np.random.default_rng(0)
+    for ys in (rng.integers(0, 2, (3, 5)).astype(np.float32) for _ in range(200)):
+        for normal, allowed in [(None, ()), (0, ()), (0, (4,))]:
+            assert soft_union(ys, normal, allowed).tolist() == combine_labels(ys, normal, allowed).tolist()
+    nan = np.nan
+    ys = np.array([[0.0, 0.5, nan, 1.0, nan], [0.0, 0.5, 0.2, nan, 0.0]], np.float32)
+    got = combine_labels(ys)
+    np.testing.assert_allclose(got[:2], [0.0, 0.75])
+    assert np.isnan(got[2]) and got[3] == 1.0 and np.isnan(got[4])          # unknown unless certainly present
+    normal = np.array([[0.9, 0.2, 0.0], [0.0, 0.5, 0.0]], np.float32)      # column 0: the normal class
+    np.testing.assert_allclose(combine_labels(normal, 0), [0.9 * (1 - 0.6), 0.6, 0.0], rtol=1e-6)
+    assert combine_labels(np.array([[0.0, 0.3], [0.0, nan]], np.float32), 0)[0] == 0.0   # no source can be normal
+    assert np.isnan(combine_labels(np.array([[1.0, 0.0], [0.0, nan]], np.float32), 0)[0])

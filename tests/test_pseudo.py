@@ -138,7 +138,7 @@ def test_a_teacher_that_trained_on_a_pseudo_film_is_refused(pair, tiny_root, tmp
 
 def test_stale_missing_or_unfinished_teacher_files_are_refused(pair):
     student, tdir = pair
-    with pytest.raises(CxrltError, match=r"no fold-0 teacher logits for 'test' yet; write them with python -m cxrlt.evaluate.pseudo"):
+    with pytest.raises(CxrltError, match=r"no fold-0 teacher logits for 'test' yet; write them with python -m cxrlt.train.teacher"):
         pseudo_targets(student, tdir, ["test"], fold=0, check_cache=False)
     plant(student, tdir, "test", lambda k: 0.0)
     (tdir / "fold1" / "best.pt").write_bytes(b"retrained")
@@ -155,7 +155,7 @@ def test_the_inference_pass_runs_each_fold_model_and_caches(pair, tmp_path):
     """Real fold checkpoints (test_resnet, classifier weights 0 and bias 10 k - 5): the pass writes fold
     k's logits from fold k's model, a second call reuses them, a checkpoint with other folds is refused."""
     from cxrlt.data.images import Cache, cache_images
-    from cxrlt.evaluate.pseudo import teacher_logits
+    from cxrlt.train.teacher import teacher_logits
     from cxrlt.models.checkpoint import save
     from cxrlt.models.factory import arch_record, model_from_arch
 

@@ -308,6 +308,15 @@ class Augment(Section):
     cutmix: Prob = D(0.0, "probability of CutMix")
 
 
+class Pseudo(Section):
+    """train.pseudo: a teacher's soft targets (docs/external_data.md)."""
+    from_: OptStr = Field(default=None, alias="from", description="the teacher: a finished experiment (name or folder) trained on the student's folds; null = no pseudo-labels, no distillation")
+    splits: list[Choice("test", "dev")] = D(["test"], "films pseudo-labelled by the teacher and trained on by every fold (never scored out of fold): test | dev", kind="list of `test`, `dev`")
+    weight: Num(0) = D(1.0, "loss weight of a pseudo-labelled film against a labelled one")
+    temperature: Num(0, lo_open=True) = D(1.0, "soft target = sigmoid(teacher logit / temperature)")
+    distill: Prob = D(0.0, "distillation: a training film's target = (1 - distill) * its label + distill * the teacher's soft target; 0 = labels only")
+
+
 class Train(Section):
     epochs: PosInt = D(20, "training epochs")
     batch_size: PosInt = D(16, "per process")
@@ -337,6 +346,7 @@ class Train(Section):
     patience: Num(1, whole=True, null=True) = D(None, "early stopping: stop when the validation score has not improved for this many epochs")
     full_fit: Bool = D(False, "also train one model on every training image (03_train.py --full does only that)")
     full_epochs: Num(1, whole=True, null=True) = D(None, "its epochs; null = the median best epoch of the folds (needs them finished)")
+    pseudo: Pseudo = D(Pseudo(), "pseudo-labels and distillation from a teacher's fold-k model (keys below)")
 
 
 class Stage2(Section):
@@ -473,6 +483,15 @@ def cross_checks(cfg: dict) -> str | None:
                 f"full-data fit has no OOF scores to fit its normalisation on; set one of them to none")
     if s2["from"] and p["use_full_fit"] != "none":
         return f"predict.use_full_fit={p['use_full_fit']}: a second stage has no full-data fit; set it to none"
+    ps = tr["pseudo"]
+    if ps["from"] and not ps["splits"] and not ps["distill"]:
+        return "train.pseudo.from is set, but train.pseudo.splits is empty and train.pseudo.distill is 0: nothing to take from the teacher"
+    if ps["from"] and tr["full_fit"]:
+        return "train.pseudo with train.full_fit: the teacher's targets come from its fold-k models; a full-data fit has none"
+    if ps["from"] and s2["from"]:
+        return "train.pseudo: a second stage trains over its first stage's features; give the first stage the teacher"
+    if ps["from"] and cfg["data"]["task"] == "multiclass":
+        return "train.pseudo: soft targets are per-finding probabilities (multilabel); data.task is multiclass"
     if s2["from"] and tr["full_fit"]:
         return "train.full_fit=true: a second stage has no full-data fit; set it to false"
     if tr["folds"] is not None and cfg["folds"]["scheme"] == "kfold" and any(f >= cfg["folds"]["k"] for f in tr["folds"]):
@@ -540,6 +559,10 @@ def markdown() -> str:
         subs = []
         for n, g in type(f.default).model_fields.items():
             key = g.alias or n
+            if isinstance(g.default, BaseModel):        # a section inside the section: its keys, dotted
+                lines += [f"| `{sec}.{key}.{h.alias or m}` | {_type_text(h)} | `{_fmt(h.default)}` | {_cell(h.description)} |"
+                          for m, h in type(g.default).model_fields.items()]
+                continue
             lines.append(f"| `{sec}.{key}` | {_type_text(g)} | `{_fmt(g.default)}` | {_cell(g.description)} |")
             item = getattr(g.annotation, "__args__", (None,))[0]
             if isinstance(item, type) and issubclass(item, BaseModel):     # a list of entries: their keys below

@@ -15,14 +15,42 @@ import numpy as np
 
 
 def combine_labels(ys: np.ndarray, normal: int | None = None, allowed: tuple[int, ...] = ()) -> np.ndarray:
-    """ys: (n_sources, C) 0/1 labels of the visible sources -> (C,) labels of the mix."""
+    """ys: (n_sources, C) labels of the visible sources -> (C,) labels of the mix: a finding is in the
+    mix when it is in a source, the normal class only when no other finding (but `allowed`) is.
+    Hard 0/1 labels take the rule as it always was; soft targets (a teacher's probabilities) and
+    unlabelled entries (NaN: an external set that does not label the finding) take `soft_union`."""
     ys = np.asarray(ys, np.float32)
+    if np.isnan(ys).any() or ((ys != 0) & (ys != 1)).any():
+        return soft_union(ys, normal, allowed)
     y = np.clip(ys.sum(0), 0, 1)
     if normal is not None:
         others = np.ones(len(y), bool)
         others[[normal, *allowed]] = False
         y[normal] = float(ys[:, normal].max() > 0 and y[others].max(initial=0) == 0)
     return y
+
+
+def soft_union(ys: np.ndarray, normal: int | None = None, allowed: tuple[int, ...] = ()) -> np.ndarray:
+    """The union rule for probabilities, sources independent: P(finding in the mix) = 1 - prod(1 - p).
+    An entry no source labels positive for certain is unknown (NaN) when any source leaves it
+    unlabelled; the normal class is P(some source normal) x P(no other finding), unknown when a
+    factor is, 0 when no source can be normal. Equals the hard rule on 0/1 labels."""
+    ys = np.asarray(ys, np.float64)
+    known = ~np.isnan(ys)
+    p = np.where(known, ys, 0.0)
+    y = 1.0 - np.prod(1.0 - p, axis=0)
+    y = np.where((y < 1.0) & ~known.all(0), np.nan, y)
+    if normal is not None:
+        others = np.ones(y.shape[0], bool)
+        others[[normal, *allowed]] = False
+        some_normal = y[normal]
+        if ys[:, normal].max(initial=0) == 0 and known[:, normal].all():
+            y[normal] = 0.0
+        elif np.isnan(some_normal) or np.isnan(y[others]).any():
+            y[normal] = np.nan
+        else:
+            y[normal] = some_normal * np.prod(1.0 - y[others])
+    return y.astype(np.float32)
 
 
 

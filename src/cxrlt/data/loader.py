@@ -135,9 +135,10 @@ def _worker_init(worker_id: int) -> None:
 def repeat_factors(labels: np.ndarray, t: float, cap: float) -> np.ndarray:
     """Class-aware sampling weights: r(c) = max(1, sqrt(t / f(c))); an image takes the max over its
     positive classes, capped (the repeat-factor rule of the CXR-LT 2026 winner)."""
-    f = labels.mean(0).clip(1e-12)
+    # an unlabelled entry (NaN) counts neither way; a soft target counts as its share
+    f = (np.nanmean(labels, 0) if np.isnan(labels).any() else labels.mean(0)).clip(1e-12)
     r = np.maximum(1.0, np.sqrt(t / f))
-    per_image = np.where(labels > 0, r[None, :], 1.0).max(1)
+    per_image = np.where(labels >= 0.5, r[None, :], 1.0).max(1)
     return np.minimum(per_image, cap)
 
 
@@ -145,8 +146,8 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     """Class-balanced sampling weights (Kang et al. 2020, the benchmark's cRT and Balanced-MixUp):
     an image weighs 1 / n_c of its class (the max over its positive classes), so every class is
     drawn equally often; images without a positive weigh as a class of their own."""
-    n = np.clip(labels.sum(0), 1, None)
-    per_image = np.where(labels > 0, 1.0 / n[None, :], 0.0).max(1)
+    n = np.clip(np.nansum(labels, 0) if np.isnan(labels).any() else labels.sum(0), 1, None)
+    per_image = np.where(labels >= 0.5, 1.0 / n[None, :], 0.0).max(1)   # a soft target counts from 0.5; NaN never
     none = per_image == 0
     return np.where(none, 1.0 / max(int(none.sum()), 1), per_image)
 

@@ -13,7 +13,7 @@ pseudo-labelled (its training or validation CSV, or its data.extra, holds the fi
 there is a memory of the label, not a prediction); a student that would be its own teacher.
 
 The teacher's fold-k logits per split are written beside it by one inference pass
-(`cxrlt.evaluate.pseudo.teacher_logits`, also `python -m cxrlt.evaluate.pseudo`), as
+(`cxrlt.train.teacher.teacher_logits`, also `python -m cxrlt.train.teacher`), as
 `<teacher>/fold<k>/teacher_logits_<split>.csv` with a `.json` stamp naming the checkpoint (size,
 mtime), its fold assignment hash and the films; this module reads them (no torch) and checks the
 stamp against the checkpoint as it is now.
@@ -132,7 +132,7 @@ def read_teacher_logits(cfg, teacher, fold: int, split: str, ids, assignment: st
     written from fold k's best.pt as it is now, with the student's fold assignment, for these films."""
     f = logits_file(teacher.dir, fold, split)
     stamp = f.with_suffix(".json")
-    hint = (f"write them with python -m cxrlt.evaluate.pseudo --config {display_path(cfg.recipe)} "
+    hint = (f"write them with python -m cxrlt.train.teacher --config {display_path(cfg.recipe)} "
             f"--teacher {display_path(teacher.dir)} --splits {split}")
     if not f.is_file() or not stamp.is_file():
         raise CxrltError(f"{display_path(f)}: no fold-{fold} teacher logits for '{split}' yet; {hint}")

@@ -10,15 +10,19 @@ exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from cxrlt.config import Config
+from cxrlt.data.external import extra_training_rows
 from cxrlt.data.loader import CxrDataset, class_balanced_weights, make_loader, repeat_factors
+from cxrlt.data.pseudo import pseudo_targets
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import FULL, given_split
 from cxrlt.fileio import display_path
+from cxrlt.losses import label_counts
 from cxrlt.models.factory import arch_record, check_init, create_model, input_stats
 from cxrlt.models.text import CACHE_NAME as TEXT_CACHE
 from cxrlt.models.text import label_embeddings
@@ -45,6 +49,79 @@ def full_fit_epochs(cfg: Config, exp=None) -> int:
     return max(1, int(round(float(np.median(best)))))
 
 
+@dataclass
+class TrainingRows:
+    """What one fold of an image model trains on: its training part, then the external sets' films
+    (data.extra: NaN where a set does not label a finding), then the films pseudo-labelled by the
+    teacher's fold-k model (train.pseudo). None of the added films is ever held out or scored."""
+    files: list
+    y: np.ndarray
+    weights: np.ndarray | None = None          # per-row loss weight; None: every row 1
+    parts: dict = field(default_factory=dict)  # what was added: {"external": n, "pseudo": n, "distilled": n}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def plain(self) -> bool:
+        """Hard labels of the fold's own training part only: the statistics exactly as they always were."""
+        return not self.parts
+
+    @property
+    def positives(self) -> np.ndarray:
+        return self.y.sum(0) if self.plain else label_counts(self.y)[0]
+
+    @property
+    def labelled(self) -> np.ndarray | None:
+        return None if self.plain else label_counts(self.y)[1]
+
+    def describe(self) -> str:
+        words = {"external": "external", "pseudo": "pseudo-labelled", "distilled": "with distilled targets"}
+        return "".join(f" + {n} {words[k]}" if k != "distilled" else f" ({n} {words[k]})" for k, n in self.parts.items())
+
+
+def training_rows(ctx: FoldContext, tr: np.ndarray) -> TrainingRows:
+    """The fold's training rows (TrainingRows): the teacher's fold-k logits are computed first if
+    missing (train.teacher, cached beside the teacher), then read with the leak guards of data.pseudo."""
+    cfg, exp, fold = ctx.cfg, ctx.exp, ctx.fold
+    table = exp.training()
+    rows = TrainingRows([table.files[i] for i in tr], table.y[tr])
+    ps = cfg.train.pseudo
+    if ps["from"] and exp.spec.multiclass:
+        raise CxrltError("train.pseudo: soft targets are per-finding probabilities (multilabel); this dataset is multiclass")
+    if ps["from"] and fold == FULL:
+        raise CxrltError("train.pseudo: the teacher's targets come from its fold-k models; the full-data fit has none")
+    if ps["from"] and float(ps.distill) > 0:          # distillation: the fold's own films, soft and hard mixed
+        soft = _teacher_rows(ctx, ["train"])
+        if list(map(str, soft.ids)) != list(map(str, table.ids.iloc[tr])):
+            raise CxrltError(f"train.pseudo.distill: the teacher's fold-{fold} targets cover other films than the "
+                             f"fold's training part")
+        a = np.float32(ps.distill)
+        rows.y = np.where(np.isnan(soft.y), rows.y, (1 - a) * rows.y + a * soft.y).astype(np.float32)
+        rows.parts["distilled"] = len(tr)
+    extra = extra_training_rows(cfg)
+    if len(extra):
+        rows.files += list(extra.files)
+        rows.y = np.concatenate([rows.y, extra.y]).astype(np.float32)
+        rows.parts["external"] = len(extra)
+    if ps["from"] and ps.splits:
+        pseudo = _teacher_rows(ctx, list(ps.splits))
+        rows.files += list(pseudo.files)
+        rows.y = np.concatenate([rows.y, pseudo.y]).astype(np.float32)
+        rows.weights = np.r_[np.ones(len(rows.y) - len(pseudo)), np.full(len(pseudo), float(ps.weight))].astype(np.float32)
+        rows.parts["pseudo"] = len(pseudo)
+    return rows
+
+
+def _teacher_rows(ctx: FoldContext, splits: list[str]):
+    from cxrlt.train.teacher import teacher_logits
+
+    ps = ctx.cfg.train.pseudo
+    teacher_logits(ctx.cfg, ps["from"], splits, folds=[ctx.fold], progress=ctx.progress, accelerator=ctx.accelerator)
+    ctx.accelerator.wait_for_everyone()
+    return pseudo_targets(ctx.cfg, ps["from"], splits, ctx.fold, float(ps.temperature))
+
+
 class ImageModel(Strategy):
     def check(self, cfg, exp, fold) -> None:
         if fold == FULL and given_split(cfg):
@@ -69,6 +146,7 @@ class ImageModel(Strategy):
         table = exp.training()
         tr, va = table.split(fold)
         y, files = table.y, table.files
+        rows = training_rows(ctx, tr)       # the fold's training part, plus external and pseudo-labelled films
         # the union rule's normal class (mosaic, union mixes) is a multilabel notion
         normal = names.index(spec.normal_label) if spec.normal_label and not spec.multiclass else None
         allowed = tuple(names.index(x) for x in spec.normal_allows)
@@ -98,9 +176,9 @@ class ImageModel(Strategy):
         mean, std = input_stats(net)
         partners = None
         if cfg.augment.balanced_mixup:     # the partner's sampling: class-balanced for one label per image (the benchmark)
-            partners = class_balanced_weights(y[tr]) if spec.multiclass else \
-                repeat_factors(y[tr], float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
-        train_ds = CxrDataset([files[i] for i in tr], y[tr], cfg.augment, normal, allowed,
+            partners = class_balanced_weights(rows.y) if spec.multiclass else \
+                repeat_factors(rows.y, float(tcfg.class_aware_t), float(tcfg.class_aware_cap))
+        train_ds = CxrDataset(rows.files, rows.y, cfg.augment, normal, allowed,
                               seed=base_seed, epochs=epochs, partner_weights=partners)
         val_ds = CxrDataset([files[i] for i in va], y[va])
         workers = int(tcfg.workers)
@@ -108,15 +186,16 @@ class ImageModel(Strategy):
             make_loader(train_ds, int(tcfg.batch_size), workers, True, tcfg),
             make_loader(val_ds, int(tcfg.val_batch_size), workers, False))
         if len(train_loader) == 0:
-            raise CxrltError(f"fold {fold}: {len(tr)} training images make no full batch of train.batch_size={tcfg.batch_size}")
+            raise CxrltError(f"fold {fold}: {len(rows)} training images make no full batch of train.batch_size={tcfg.batch_size}")
         accum = int(tcfg.grad_accum)
         batches = len(train_loader) if not tcfg.max_steps_per_epoch else min(len(train_loader),
                                                                              int(tcfg.max_steps_per_epoch) * accum)
         if ctx.main:
             if full:
                 print(f"full-data fit: {epochs} epochs ({'train.full_epochs' if tcfg.full_epochs else 'median best epoch of the folds'})")
-            print(f"fold {fold}: {len(tr)} train / {len(va)} val images, {cfg.model.name} at {cfg.cache.size}px, "
-                  f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {accelerator.mixed_precision}")
+            print(f"fold {fold}: {len(tr)} train / {len(va)} val images{rows.describe()}, {cfg.model.name} at "
+                  f"{cfg.cache.size}px, {accelerator.num_processes} process(es) on {accelerator.device}, "
+                  f"precision {accelerator.mixed_precision}")
 
         def check(model):
             if full:
@@ -129,7 +208,8 @@ class ImageModel(Strategy):
                                      summary["best_epoch"])
 
         return Plan(module=net, train_ds=train_ds, train_loader=train_loader, validate=check,
-                    val_ids=table.ids.iloc[va], epochs=epochs, batches=batches, counts=y[tr].sum(0), n_items=len(tr),
+                    val_ids=table.ids.iloc[va], epochs=epochs, batches=batches, counts=rows.positives, n_items=len(rows),
+                    labelled=rows.labelled, row_weights=rows.weights,
                     arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net, task=spec.task),
                     mean=mean, std=std, loop_cfg=tcfg, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay),
                     warmup_epochs=float(tcfg.warmup_epochs), label=f"fold {fold}", title=f"{cfg.name} fold {fold}",

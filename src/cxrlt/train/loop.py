@@ -20,22 +20,26 @@ def set_epoch(epoch: int, *objs) -> None:
 
 
 def train_one_epoch(model, net, loader, criterion, optimizer, scheduler, accelerator, tcfg, mean: float, std: float,
-                    batches: int, ema=None, bar=None, to_input=None) -> dict:
+                    batches: int, ema=None, bar=None, to_input=None, row_weights=None) -> dict:
     """Forward/backward over `batches` batches with accumulation, clipping, schedule and EMA updates.
     `to_input(batch, view)` gives the model's arguments (default: uint8 images normalised with
-    mean/std; a second stage passes cached features). Returns train_loss (mean over items, all
+    mean/std; a second stage passes cached features). row_weights: a loss weight per dataset item
+    (a mix takes its first source's). Returns train_loss (mean over items, all
     processes) and img_s (items per second)."""
     to_input = to_input or image_input(mean, std, tcfg.channels_last)
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     seen = torch.zeros((), device=accelerator.device)
     t0 = time.time()
-    for step, (x, target, _) in enumerate(loader):
+    for step, (x, target, idx) in enumerate(loader):
         if step >= batches:
             break
         with accelerator.accumulate(model):
             logits = model(*to_input(x))
-            loss = criterion(logits.float(), target)
+            if row_weights is None:
+                loss = criterion(logits.float(), target)
+            else:    # per-item loss weights (pseudo-labelled films), looked up by dataset index
+                loss = criterion(logits.float(), target, row_weight=row_weights[idx.to(row_weights.device)])
             accelerator.backward(loss)
             if accelerator.sync_gradients and tcfg.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), float(tcfg.grad_clip))

@@ -96,6 +96,8 @@ class Plan:
     summary_extra: dict = field(default_factory=dict)
     seconds: dict | None = None               # time spent before the epochs (a feature cache), reported
     after: Callable | None = None             # after(summary), main process, before done.json is sealed
+    labelled: np.ndarray | None = None        # (C,) items labelling each class, when some targets are NaN
+    row_weights: np.ndarray | None = None     # (n_items,) loss weight of each training item; None: all 1
 
 
 class Strategy:
@@ -186,7 +188,9 @@ def _epochs(ctx: FoldContext, plan: Plan, fp: dict, stop_after: int | None) -> d
     model, optimizer = accelerator.prepare(module, optimizer)
     if plan.compile:  # `module` stays the plain module: its parameters are the ones trained
         model = torch.compile(model)
-    criterion = build_loss(cfg.loss, plan.counts, plan.n_items, plan.epochs, spec.task).to(accelerator.device)
+    criterion = build_loss(cfg.loss, plan.counts, plan.n_items, plan.epochs, spec.task,
+                           labelled=plan.labelled).to(accelerator.device)
+    row_weights = None if plan.row_weights is None else torch.as_tensor(plan.row_weights).to(accelerator.device)
     saver = CheckpointSaver(exp.layout.last(fold), exp.layout.best(fold), plan.resume_fingerprint or fp, module, ema,
                             optimizer, schedule, accelerator.scaler, plan.mean, plan.std, cfg.to_dict(),
                             arch=plan.arch, best_state=plan.best_state)
@@ -215,7 +219,7 @@ def _epochs(ctx: FoldContext, plan: Plan, fp: dict, stop_after: int | None) -> d
         bar = progress_bar(plan.batches, f"{plan.label} epoch {epoch + 1}/{plan.epochs}", "batch", ctx.progress and main,
                            leave=False)
         st = train_one_epoch(model, module, plan.train_loader, criterion, optimizer, schedule, accelerator,
-                             plan.loop_cfg, plan.mean, plan.std, plan.batches, ema, bar, plan.to_input)
+                             plan.loop_cfg, plan.mean, plan.std, plan.batches, ema, bar, plan.to_input, row_weights)
         bar.close()
         v = plan.validate(saver.eval_net if ema is not None else model)
         nan = float("nan")

@@ -10,7 +10,7 @@ with the same checkpoint and films reads nothing and decodes nothing. Each fold 
 fold assignment must be the student's (a model trained on other folds is refused before any pass).
 Images come from the teacher's own image cache (its cache.size; stage 01 of the teacher's recipe).
 
-    python -m cxrlt.evaluate.pseudo --config experiments/student.yaml --teacher teacher_name --splits test,dev
+    python -m cxrlt.train.teacher --config experiments/student.yaml --teacher teacher_name --splits test,dev
 """
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ def _fresh(f, best, assignment: str, ids) -> bool:
             and rec.get("folds") == assignment and rec.get("ids") == ids_hash(ids))
 
 
-def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True) -> dict:
-    """{(fold, split): logits file} for the student recipe `cfg`; folds: default every student fold."""
+def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True, accelerator=None) -> dict:
+    """{(fold, split): logits file} for the student recipe `cfg`; folds: default every student fold;
+    accelerator: the calling stage's (a trainer's), else one is made from the teacher's predict section."""
     from cxrlt.progress import progress_bar
 
     t = check_teacher(cfg, teacher, splits)
@@ -64,7 +65,7 @@ def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True) -> d
     assignment = current_assignment(cfg, spec)
     tcache = Cache.from_config(t.cfg, spec.name)       # the teacher's image size, the student's films
     views = parse_views(t.cfg.predict.tta)
-    accelerator = None
+    own = accelerator is None
     out = {}
     for k in (fold_ids(cfg) if folds is None else list(folds)):
         best = t.layout.best(k)
@@ -110,7 +111,8 @@ def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True) -> d
             write_text(f.with_suffix(".json"), to_json(dict(
                 checkpoint=stamps({"b": best})["b"], csv=stamps({"f": f})["f"], folds=assignment, ids=ids_hash(ids),
                 labels=labels, split=s, fold=int(k), views=["none", *views], films=len(ids))))
-        accelerator.free_memory()
+        if own:
+            accelerator.free_memory()
     return out
 
 
