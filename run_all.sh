@@ -7,6 +7,7 @@
 #   bash run_all.sh --from 04 | --only 02 | --force | key=value ...       # resume, one stage, redo, override
 #   bash run_all.sh --compare lt_demo        # method table: recipes of experiments/lt_demo.txt (or a,b,c)
 #   bash run_all.sh --compare sl_demo        # the single-label benchmark's 15 methods on its synthetic demo
+#   bash run_all.sh --compare more_data_demo # after a plain run: external set, pseudo-labels, distillation
 #   bash run_all.sh --upload submit.phase=ID # also send the submission to the leaderboard (docs/leaderboard.md)
 #
 # Stages: 00 demo data, 01 image cache, 02 folds, 03 train, 04 predict, 05 blend, 06 thresholds,
@@ -17,7 +18,7 @@ cd "$(dirname "$0")"
 export NO_ALBUMENTATIONS_UPDATE=1
 PY=${PYTHON:-python}
 RECIPES="" BLEND="" FROM=00 ONLY="" FORCE="" OVERRIDES=() COMPARE="" CNAME="" UPLOAD=""
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --recipes) RECIPES=$2; shift 2 ;;
@@ -47,7 +48,7 @@ fi
 want() { if [ -n "$ONLY" ]; then [ "$1" = "$ONLY" ]; else [ "$1" \> "$FROM" ] || [ "$1" = "$FROM" ]; fi; }
 
 # Which data: the first competition release found under input/, else the synthetic demo.
-DEMO=0 DEMO_SL=0
+DEMO=0 DEMO_SL=0 DEMO_EXTRA=0
 if [ -z "$RECIPES" ]; then
   preset=""
   for pair in cxr-lt-2023:cxr-lt-2023/train.csv cxr-lt-2024-task1:cxr-lt-2024/train_labeled.csv \
@@ -66,16 +67,19 @@ fi
 IFS=, read -r -a RLIST <<< "$RECIPES"
 for r in "${RLIST[@]}"; do  # stage 00 is needed when a recipe uses the demo preset
   [ -f "experiments/$r.yaml" ] || { echo "run_all.sh: no recipe experiments/$r.yaml" >&2; exit 2; }
-  p=$(PYTHONPATH=src $PY -c "
+  read -r p x < <(PYTHONPATH=src $PY -c "
 import sys
 from cxrlt.config import load_config
 from cxrlt.errors import CxrltError
 try:
-    print(load_config(sys.argv[1], sys.argv[2:]).data.preset)
+    c = load_config(sys.argv[1], sys.argv[2:])
+    print(c.data.preset, int(any(e['dir'] == 'demo_extra' for e in c.data.extra)))
 except CxrltError as e:
-    sys.exit(f'error: {e}')" "experiments/$r.yaml" "${OVERRIDES[@]}") || exit 2
+    print(f'error: {e}', file=sys.stderr); print('error 0')" "experiments/$r.yaml" "${OVERRIDES[@]}")
+  [ "$p" = error ] && exit 2
   [ "$p" = demo ] && DEMO=1
   [ "$p" = demo-single-label ] && DEMO_SL=1
+  [ "$x" = 1 ] && DEMO_EXTRA=1
 done
 if [ -n "${LAUNCH:-}" ]; then :
 elif $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
@@ -91,6 +95,7 @@ run() { "$@" "${OVERRIDES[@]}"; }
 # DEMO_ARGS: options of src/00_make_demo_data.py, e.g. "--n-train 1000" for a smaller demo
 if want 00 && [ "$DEMO" = 1 ]; then stage "00 demo data"; $PY src/00_make_demo_data.py ${DEMO_ARGS:-} $FORCE; fi
 if want 00 && [ "$DEMO_SL" = 1 ]; then stage "00 single-label demo data"; $PY src/00_make_demo_data.py --single-label ${DEMO_SL_ARGS:-} $FORCE; fi
+if want 00 && [ "$DEMO_EXTRA" = 1 ]; then stage "00 demo external set"; $PY src/00_make_demo_data.py --extra $FORCE; fi
 for r in "${RLIST[@]}"; do
   cfg=experiments/$r.yaml
   if want 01; then stage "01 image cache [$r]"; run $PY src/01_prepare_images.py --config "$cfg" $FORCE; fi

@@ -192,3 +192,31 @@ def test_the_inference_pass_runs_each_fold_model_and_caches(pair, tmp_path):
     with pytest.raises(CxrltError, match=r"fold1/best.pt: trained with fold assignment 0123456789abcdef"):
         teacher_logits(student, tdir, ["test"], progress=False)
     assert json.loads(out[(0, "test")].with_suffix(".json").read_text())["views"] == ["none", "hflip"]
+
+
+def test_a_blend_teacher_weighs_its_members_with_the_weights_fitted_without_fold_k(pair, tmp_path):
+    """Student fold k from a blend: sum over members of w_m(k) sigmoid(z_m,k / T), w(k) the blend's
+    weights fitted on the other folds (weights.json honest_weights), never the all-fold fit; rank
+    blends give no probabilities and are refused."""
+    import shutil
+
+    student, tdir = pair
+    other = tmp_path / "teacher_b"
+    shutil.copytree(tdir, other)
+    save_resolved(Experiment.from_folder(other).cfg, other / "config.yaml")
+    plant(student, tdir, "test", lambda k: float(k))
+    plant(student, other, "test", lambda k: -2.0 * k)
+    blend = tmp_path / "blend"
+    cfg = load_config(ROOT / "experiments" / "demo_blend.yaml", [f"data.input_dir={student.data.input_dir}",
+                      f"folds.k={K}", f"output_dir={blend}", f"blend.members=[{tdir},{other}]"])
+    save_resolved(cfg, blend / "config.yaml")
+    honest = {str(k): {str(tdir): 0.25 * (k + 1), str(other): 1 - 0.25 * (k + 1)} for k in range(K)}
+    write_text(blend / "weights.json", to_json(dict(mode="fit", weights={str(tdir): 0.9, str(other): 0.1},
+                                                    honest_weights=honest)))
+    for k in range(K):
+        rows = pseudo_targets(student, blend, ["test"], fold=k, temperature=2.0, check_cache=False)
+        a = 0.25 * (k + 1)
+        np.testing.assert_allclose(rows.y, a * sig(k / 2.0) + (1 - a) * sig(-2.0 * k / 2.0), rtol=1e-6)
+    write_text(blend / "weights.json", to_json(dict(mode="rank", weights={str(tdir): 0.5, str(other): 0.5})))
+    with pytest.raises(CxrltError, match=r"a blend.mode=rank blend; a teacher blend must be mode fit"):
+        pseudo_targets(student, blend, ["test"], fold=0, check_cache=False)

@@ -68,6 +68,31 @@ def pseudo_films(cfg, split: str, fold: int, cache=None, check_cache: bool = Tru
     return ids, (cache.require(ids, source, cfg) if check_cache else [cache.path(i) for i in ids])
 
 
+def teacher_parts(cfg, teacher: str | Path, fold: int) -> list[tuple[Path, float]]:
+    """[(experiment folder, weight)] behind a teacher for student fold `fold`: an experiment is itself
+    (weight 1); a blend (its folder holds weights.json) is its members, weighted as the blend weighs
+    them, with the weights fitted without fold k (blend.mode fit: weights.json's honest_weights) or
+    equal (mean). A rank or view-routed blend gives no probabilities to learn from: refused."""
+    from cxrlt.data.experiment import Experiment
+    from cxrlt.experiment import experiment_path
+
+    tdir = teacher_path(teacher)
+    wfile = tdir / "weights.json"
+    if not wfile.is_file():
+        return [(tdir, 1.0)]
+    rec = json.loads(wfile.read_text())
+    members = list(Experiment.from_folder(tdir).cfg.blend.members)
+    if rec.get("mode") == "mean":
+        weights = {m: 1.0 / len(members) for m in members}
+    elif rec.get("mode") == "fit" and (rec.get("honest_weights") or {}).get(str(int(fold))) is not None:
+        weights = rec["honest_weights"][str(int(fold))]    # fitted on the other folds' OOF rows only
+    else:
+        raise CxrltError(f"teacher {display_path(tdir)}: a blend.mode={rec.get('mode')} blend"
+                         + (" without weights fitted per held-out fold" if rec.get("mode") == "fit" else "")
+                         + "; a teacher blend must be mode fit (K folds) or mean: its members' probabilities, weighted")
+    return [(experiment_path(m), float(w)) for m, w in weights.items() if float(w) > 0]
+
+
 def check_teacher(cfg, teacher: str | Path, splits) -> "object":
     """The teacher's Experiment, after the checks that need no checkpoint: not the student itself,
     the same folds (scheme, k), every student fold finished there, and no pseudo-labelled film among
@@ -168,19 +193,23 @@ def pseudo_targets(cfg, teacher: str | Path, splits, fold: int, temperature: flo
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise CxrltError("pseudo-labels: name at least one split (test, dev or train)")
-    t = check_teacher(cfg, teacher, splits)
+    parts = [(check_teacher(cfg, d, splits), w) for d, w in teacher_parts(cfg, teacher, fold)]
     spec = Experiment.of(cfg).spec
     assignment = current_assignment(cfg, spec)
     ids_all, files_all, y_all, split_all = [], [], [], []
     for s in splits:
         ids, files = pseudo_films(cfg, s, fold, check_cache=check_cache)
-        z, tl = read_teacher_logits(cfg, t, fold, s, ids, assignment)
-        match = match_labels(tl, list(spec.labels))    # {student column: teacher column}
-        if not match:
-            raise CxrltError(f"teacher {display_path(t.dir)}: none of its labels names one of the student's")
-        y = np.full((len(ids), len(spec.labels)), np.nan, np.float32)
-        for j, c in match.items():
-            y[:, j] = 1.0 / (1.0 + np.exp(-z[:, c] / float(temperature)))
+        y = np.zeros((len(ids), len(spec.labels)), np.float64)
+        for t, w in parts:      # a blend: its members' probabilities, weighted
+            z, tl = read_teacher_logits(cfg, t, fold, s, ids, assignment)
+            match = match_labels(tl, list(spec.labels))    # {student column: teacher column}
+            if not match:
+                raise CxrltError(f"teacher {display_path(t.dir)}: none of its labels names one of the student's")
+            p = np.full((len(ids), len(spec.labels)), np.nan)
+            for j, c in match.items():
+                p[:, j] = 1.0 / (1.0 + np.exp(-z[:, c] / float(temperature)))
+            y += w * p          # a label some member lacks stays NaN: left out of the loss
+        y = y.astype(np.float32)
         ids_all.append(np.asarray(ids, dtype=object))
         files_all += list(files)
         y_all.append(y)

@@ -56,8 +56,23 @@ def _fresh(f, best, assignment: str, ids) -> bool:
 
 
 def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True, accelerator=None) -> dict:
-    """{(fold, split): logits file} for the student recipe `cfg`; folds: default every student fold;
-    accelerator: the calling stage's (a trainer's), else one is made from the teacher's predict section."""
+    """The logits files written (or found up to date) for the student recipe `cfg`: {(fold, split):
+    file} of a teacher experiment; of a blend, {(fold, split, member folder name): file} for each
+    member with a weight for that fold (data.pseudo.teacher_parts). folds: default every student
+    fold; accelerator: the calling stage's (a trainer's), else one is made from the teacher's predict section."""
+    from cxrlt.data.pseudo import teacher_parts, teacher_path
+
+    blend = (teacher_path(teacher) / "weights.json").is_file()
+    out = {}
+    for k in (fold_ids(cfg) if folds is None else list(folds)):
+        for part, _ in teacher_parts(cfg, teacher, k):
+            for (fk, s), f in _experiment_logits(cfg, part, splits, [k], progress, accelerator).items():
+                out[(fk, s, part.name) if blend else (fk, s)] = f
+    return out
+
+
+def _experiment_logits(cfg, teacher, splits, folds=None, progress: bool = True, accelerator=None) -> dict:
+    """{(fold, split): logits file} of one teacher experiment."""
     from cxrlt.progress import progress_bar
 
     t = check_teacher(cfg, teacher, splits)
