@@ -366,8 +366,8 @@ def check_task(cfg, spec: DatasetSpec) -> None:
         raise CxrltError(f"augment.mosaic={a.mosaic}: a 4-film mosaic shows several findings, data.task=multiclass has "
                          f"one label per image; set augment.mosaic=0")
     mixes = [k for k in ("mixup", "balanced_mixup", "cutmix") if float(a.get(k) or 0) > 0]
-    if mixes and a.get("mix_labels", "union") != "linear":
-        raise CxrltError(f"augment.{mixes[0]}={a[mixes[0]]} with augment.mix_labels={a.get('mix_labels')}: a multiclass "
+    if mixes and a.mix_labels != "linear":
+        raise CxrltError(f"augment.{mixes[0]}={a[mixes[0]]} with augment.mix_labels={a.mix_labels}: a multiclass "
                          f"label mixes linearly (MixUp's own rule); set augment.mix_labels=linear")
     if p.get("normal_gating") is not None:
         raise CxrltError(f"predict.normal_gating={p.normal_gating}: not for data.task=multiclass (the softmax already "

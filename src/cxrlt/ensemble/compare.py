@@ -80,7 +80,7 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
     per-fold mAPs and, with n_boot, per-class AP on each patient resample (for the differences)."""
     spec = Experiment.of(cfg).spec
     exp = experiment_dir(cfg)
-    stage = "05_blend" if cfg.get("blend", {}).get("members") else "04_predict"
+    stage = "05_blend" if cfg.blend.members else "04_predict"
     for f in ("metrics.json", "oof.csv"):
         if not (exp / f).is_file():
             raise CxrltError(f"recipe '{cfg.name}': {display_path(exp / f)} not found; run "
@@ -146,9 +146,8 @@ def _compare_experiments(cfgs: list[Config], out: Path, baseline: str | None) ->
         raise CxrltError(f"baseline '{baseline}' is not one of the compared recipes ({', '.join(names)})")
     if Experiment.of(cfgs[0]).spec.multiclass:      # the single-label benchmark's layout
         return benchmark_table(cfgs, out, baseline)
-    cc = cfgs[0].get("compare") or {}
-    n_boot = check_count("compare.bootstrap", cc.get("bootstrap", 1000))
-    seed = check_count("compare.seed", cc.get("seed", 0))
+    cc = cfgs[0].compare
+    n_boot, seed = check_count("compare.bootstrap", cc.bootstrap), check_count("compare.seed", cc.seed)
     rows, extras, first = [], {}, None
     for cfg in cfgs:
         row, folds, extra = experiment_row(cfg, n_boot, seed)
@@ -180,7 +179,7 @@ def compare_recipes(recipes: list[str], name: str | None = None, baseline: str |
     if not cfgs:
         raise CxrltError("--recipes lists no recipe")
     name = name or "-".join(c.name for c in cfgs)
-    root = project_path(cfgs[0].get("compare", {}).get("dir") or "experiments")
+    root = project_path(cfgs[0].compare.dir)
     return compare_experiments(cfgs, root / f"compare_{name}", baseline)
 
 
@@ -272,8 +271,8 @@ def benchmark_table(cfgs: list[Config], out: str | Path, baseline: str) -> dict:
     predictions, with paired-bootstrap intervals of d_avg (balanced test) and d_bAcc (test)."""
     from cxrlt.metrics import class_accuracy, count_groups, group_accuracy
 
-    cc = cfgs[0].get("compare") or {}
-    n_boot, seed = check_count("compare.bootstrap", cc.get("bootstrap", 1000)), check_count("compare.seed", cc.get("seed", 0))
+    cc = cfgs[0].compare
+    n_boot, seed = check_count("compare.bootstrap", cc.bootstrap), check_count("compare.seed", cc.seed)
     spec = Experiment.of(cfgs[0]).spec
     names = list(spec.labels)
     pos, _ = training_counts(cfgs[0], spec)

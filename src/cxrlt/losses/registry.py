@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 
+from cxrlt.config import Config
 from cxrlt.schema import defaults as recipe_defaults
 from cxrlt.errors import CxrltError
 from cxrlt.losses.base import AsymmetricLoss, BCELoss, FocalLoss, MultiLabelLoss
@@ -79,7 +80,8 @@ def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel
     labels: external sets, losses/base.py); None = n for every class, as before. Class frequencies
     (class weights, weighted_bce's ratio, DB's prior) are then over labelled images only; positives
     must count labelled entries only too (`losses.weights.label_counts(y)` gives both)."""
-    name = lcfg.get("name")
+    lcfg = Config({**_defaults(), **lcfg})     # a partial section (a test, a tool) takes the defaults
+    name = lcfg.name
     table = MULTICLASS_LOSSES if task == "multiclass" else LOSSES
     if name not in table:
         other = LOSSES if task == "multiclass" else MULTICLASS_LOSSES
@@ -99,9 +101,9 @@ def build_loss(lcfg, positives, n: int, epochs: int = 1, task: str = "multilabel
         if (labelled == int(n)).all():
             labelled = None              # nothing is unlabelled: exactly the statistics without partial labels
     stats = TrainStats(np.asarray(positives, np.float64), int(n), int(epochs), labelled)
-    weight = class_weights(stats.positives, stats.per_class, lcfg.get("class_weights"),
-                           float(lcfg.get("cb_beta", 0.9999))) if entry.weights else None
-    drw = int(lcfg.get("drw_epoch") or 0) if entry.weights else 0
+    weight = class_weights(stats.positives, stats.per_class, lcfg.class_weights,
+                           float(lcfg.cb_beta)) if entry.weights else None
+    drw = int(lcfg.drw_epoch or 0) if entry.weights else 0
     if drw and weight is None:
         raise CxrltError(f"loss.drw_epoch={drw} defers class weights, but loss.class_weights is null")
     if not 0 <= drw < max(stats.epochs, 1):

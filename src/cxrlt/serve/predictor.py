@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlt import schema
 from cxrlt.config import Config, load_yaml
 from cxrlt.data.experiment import Experiment
 from cxrlt.data.images import MAX_PIXELS, decode_gray, resize_square
@@ -79,11 +80,11 @@ class _Member:
         cfg_file = next((f for f in (folder / "predict_config.yaml", folder / "config.yaml") if f.is_file()), None)
         self.exp = Experiment.from_folder(folder, cfg_file.name) if cfg_file else None
         self.cfg = self.exp.cfg if self.exp else None
-        pc = self.cfg.predict if self.cfg else {}
+        pc = self.cfg.predict if self.cfg else Config(schema.defaults()["predict"])   # no recipe: stage 04's defaults
         lay = Layout(folder)
         # finished folds only, in fold order, the full-data fit last (stage 04's order of the mean)
         paths = {k: lay.best(k) for k in lay.finished_folds() if folds is None or k in set(folds)}
-        use_full = pc.get("use_full_fit", "none")   # no recipe beside the checkpoints: stage 04's defaults
+        use_full = pc.use_full_fit
         if use_full != "none":
             if not lay.finished(FULL):
                 raise CxrltError(f"{display_path(folder)}: predict.use_full_fit={use_full} but its full-data fit is "
@@ -101,7 +102,7 @@ class _Member:
             self.settings = post.Settings.of(self.cfg.predict, spec)
             self.has_studies, self.normal_label = bool(spec.study_col), spec.normal_label
         else:
-            self.settings, self.has_studies = post.Settings(views=parse_views(pc.get("tta", "hflip"))), False
+            self.settings, self.has_studies = post.Settings(views=parse_views(pc.tta)), False
             self.normal_label = None
         # the view names this member tells apart: its view weights, a fusion model's view kinds, its training views
         self.known_views = {str(v).strip().upper() for v in self.settings.view_weights}
