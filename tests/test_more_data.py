@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import ROOT, cfg_at
 
 from cxrlt.config import load_config
@@ -109,6 +110,21 @@ def test_pseudo_labels_and_distillation_from_the_teachers_fold_k_model(base, tra
     assert not set(val["dicom_id"]) & set(z_te["id"])
     done = json.loads((tmp_path / "s" / "fold1" / "done.json").read_text())
     assert done["fingerprint"]["folds"] == Experiment.of(cfg).assignment()
+    # the student reloads from its checkpoint alone and predicts its held-out films as validation did
+    from accelerate import Accelerator
+
+    from cxrlt.data.loader import CxrDataset, make_loader
+    from cxrlt.models.checkpoint import load, load_model
+    from cxrlt.models.inference import predict_loader
+
+    ck = load(tmp_path / "s" / "fold1" / "best.pt")
+    net, _ = load_model(ck)
+    acc = Accelerator(cpu=True)
+    loader = acc.prepare(make_loader(CxrDataset([t.files[i] for i in va]), 16, 0, False))
+    logits, _, idx, _ = predict_loader(net, loader, acc, ck["mean"], ck["std"], False)
+    probs = torch.sigmoid(logits).numpy()[np.argsort(idx.numpy())]
+    want = val.set_index("dicom_id").loc[list(t.ids.iloc[va]), list(spec.labels)].to_numpy()
+    np.testing.assert_allclose(probs, want, atol=1e-5)
 
 
 def test_a_teacher_trained_on_other_folds_is_refused_before_training(base, trained, tmp_path):
