@@ -408,25 +408,35 @@ def render_all(jobs: list, fn, label: str, workers: int, progress: bool) -> None
     bar.close()
 
 
+def _made_before(out_dir: Path, meta_name: str, meta: dict, outputs: list, what: str, force: bool,
+                 films: str = "files") -> bool:
+    """True when out_dir holds `what` made with these settings (skip it); a folder made with other
+    settings is refused unless force (then its generated films are removed); else the folder is
+    (re)started with the settings recorded."""
+    meta_file = out_dir / meta_name
+    if meta_file.is_file() and not force:
+        old = json.loads(meta_file.read_text())
+        if old == meta and all(p.is_file() for p in outputs):
+            return True
+        if old != meta:
+            raise CxrltError(f"{display_path(out_dir)}: holds {what} made with other settings ({old}); "
+                             f"add --force to replace it")
+    if force and meta_file.is_file():
+        shutil.rmtree(out_dir / films, ignore_errors=True)  # only ever our own generated films
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(meta_file, json.dumps(meta))
+    return False
+
+
 def make_demo(out_dir: Path, n_train: int = 3000, n_dev: int = 500, n_test: int = 500, max_side: int = 384,
               seed: int = 0, workers: int = 2, force: bool = False, progress: bool = True) -> dict:
     """Write the demo dataset to out_dir; skip when a complete one with the same settings is there."""
 
     out_dir = Path(out_dir)
     meta = dict(n_train=n_train, n_dev=n_dev, n_test=n_test, max_side=max_side, seed=seed, version=1)
-    meta_file = out_dir / "demo_meta.json"
     csvs = [out_dir / f for f in ("train.csv", "development.csv", "test.csv", "sample_submission.csv")]
-    if meta_file.is_file() and not force:
-        old = json.loads(meta_file.read_text())
-        if old == meta and all(p.is_file() for p in csvs):
-            return dict(meta, skipped=True)
-        if old != meta:
-            raise CxrltError(f"{display_path(out_dir)}: holds a demo made with other settings ({old}); "
-                             f"add --force to replace it")
-    if force and meta_file.is_file():
-        shutil.rmtree(out_dir / "files", ignore_errors=True)  # only ever our own generated files
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(meta_file, json.dumps(meta))
+    if _made_before(out_dir, "demo_meta.json", meta, csvs, "a demo", force):
+        return dict(meta, skipped=True)
     sizes = {"train": n_train, "development": n_dev, "test": n_test}
     tables = make_tables(sizes, seed)
     size_rng = np.random.default_rng([seed, 1])
@@ -531,18 +541,9 @@ def make_external(out_dir: Path, n: int = 600, max_side: int = 384, seed: int = 
     is written -1 and a share `blank` of all cells left empty. Skips when complete with the same settings."""
     out_dir = Path(out_dir)
     meta = dict(n=n, max_side=max_side, seed=seed, uncertain=uncertain, blank=blank, version=1)
-    meta_file, labels_csv = out_dir / "demo_extra_meta.json", out_dir / "labels.csv"
-    if meta_file.is_file() and not force:
-        old = json.loads(meta_file.read_text())
-        if old == meta and labels_csv.is_file():
-            return dict(meta, skipped=True)
-        if old != meta:
-            raise CxrltError(f"{display_path(out_dir)}: holds a demo external set made with other settings ({old}); "
-                             f"add --force to replace it")
-    if force and meta_file.is_file():
-        shutil.rmtree(out_dir / "files", ignore_errors=True)  # only ever our own generated files
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(meta_file, json.dumps(meta))
+    labels_csv = out_dir / "labels.csv"
+    if _made_before(out_dir, "demo_extra_meta.json", meta, [labels_csv], "a demo external set", force):
+        return dict(meta, skipped=True)
     df = make_tables({"train": n, "development": 0, "test": 0}, seed)["train"]
     y = df[LABELS_2023].to_numpy()
     size_rng = np.random.default_rng([seed, 21])
@@ -589,18 +590,9 @@ def make_single_label_demo(out_dir: Path, n_train: int = 1000, val_per_class: in
     meta = dict(n_train=n_train, val_per_class=val_per_class, test_per_class=test_per_class, n_test=n_test,
                 max_side=max_side, seed=seed, version=1)
     files = ("train.csv", "balanced-val.csv", "test.csv", "balanced-test.csv")
-    meta_file = out_dir / "demo_meta.json"
-    if meta_file.is_file() and not force:
-        old = json.loads(meta_file.read_text())
-        if old == meta and all((out_dir / f).is_file() for f in files):
-            return dict(meta, skipped=True)
-        if old != meta:
-            raise CxrltError(f"{display_path(out_dir)}: holds a single-label demo made with other settings ({old}); "
-                             f"add --force to replace it")
-    if force and meta_file.is_file():
-        shutil.rmtree(out_dir / "images", ignore_errors=True)  # only ever our own generated files
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(meta_file, json.dumps(meta))
+    if _made_before(out_dir, "demo_meta.json", meta, [out_dir / f for f in files], "a single-label demo", force,
+                    films="images"):
+        return dict(meta, skipped=True)
     rng = np.random.default_rng([seed, 10])
     counts = single_label_counts(n_train, len(names))
     natural = counts / counts.sum()
