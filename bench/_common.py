@@ -15,8 +15,8 @@ def bench_config(args, work: Path | None = None):
     """The recipe with the benchmark's model/size/batch, pointed at a small demo made for the run."""
     from cxrlt.config import load_config
     from cxrlt.data.demo import make_demo
-    from cxrlt.data.folds import build_folds
-    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.data.stages import build_folds
+    from cxrlt.data.stages import prepare_dataset_cache
 
     work = Path(work or tempfile.mkdtemp(prefix="cxrlt-bench-"))
     n = max(args.images, 5 * 2 * args.batch_size)

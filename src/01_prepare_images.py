@@ -7,7 +7,7 @@ def run(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
     cfg = config_from_args(args)
     # the wing only now: --help and a bad recipe answer before torch & co. load
-    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.data.stages import prepare_dataset_cache
 
     r = prepare_dataset_cache(cfg, force=args.force)
     for note in r["notes"]:

@@ -23,7 +23,7 @@ def run(argv=None):
         return
     # the wing only now: --help and a bad recipe answer before torch & co. load
     from cxrlt.data.experiment import Experiment
-    from cxrlt.data.folds import build_folds
+    from cxrlt.data.stages import build_folds
 
     r = build_folds(cfg, force=args.force)
     spec = Experiment.of(cfg).spec

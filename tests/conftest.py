@@ -98,8 +98,8 @@ def stage(capsys, monkeypatch):
 def base(tiny_root, tmp_path_factory):
     """Overrides for tiny training runs: the tiny demo cached at 32 px, folds built, 3 short epochs."""
     from cxrlt.config import load_config
-    from cxrlt.data.folds import build_folds
-    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.data.stages import build_folds
+    from cxrlt.data.stages import prepare_dataset_cache
 
     d = tmp_path_factory.mktemp("trainbase")
     ov = [f"data.input_dir={tiny_root}", f"cache.dir={d / 'cache'}", "cache.size=32", f"folds.dir={d / 'folds'}",

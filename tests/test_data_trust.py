@@ -194,7 +194,8 @@ def test_truncated_films_are_unreadable(tmp_path, monkeypatch, fmt, load_truncat
 def test_stage_01_fails_listing_a_truncated_film(tiny_root, tmp_path, monkeypatch, fmt):
     from PIL import Image, ImageFile
 
-    from cxrlt.data.images import Cache, prepare_dataset_cache
+    from cxrlt.data.images import Cache
+    from cxrlt.data.stages import prepare_dataset_cache
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     demo, cfg = demo_copy(tiny_root, tmp_path)
@@ -215,7 +216,8 @@ def test_stage_01_fails_listing_a_truncated_film(tiny_root, tmp_path, monkeypatc
 def test_a_changed_path_or_replaced_source_is_decoded_again(tiny_root, tmp_path):
     import os
 
-    from cxrlt.data.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
+    from cxrlt.data.images import Cache, decode_gray, read_cached, resize_square
+    from cxrlt.data.stages import prepare_dataset_cache
 
     demo, cfg = demo_copy(tiny_root, tmp_path)
     cache = Cache.from_config(cfg, "demo")
@@ -241,7 +243,7 @@ def test_a_changed_path_or_replaced_source_is_decoded_again(tiny_root, tmp_path)
 
 
 def test_a_killed_stage_01_resumes_from_its_manifest(tiny_root, tmp_path, monkeypatch):
-    from cxrlt.data import images
+    from cxrlt.data import images, stages
 
     demo, cfg = demo_copy(tiny_root, tmp_path)
     real, calls = images._cache_one, []
@@ -255,11 +257,11 @@ def test_a_killed_stage_01_resumes_from_its_manifest(tiny_root, tmp_path, monkey
     monkeypatch.setattr(images, "MANIFEST_EVERY_S", 0.0)
     monkeypatch.setattr(images, "_cache_one", dies_after_50)
     with pytest.raises(KeyboardInterrupt):
-        images.prepare_dataset_cache(cfg, progress=False)
+        stages.prepare_dataset_cache(cfg, progress=False)
     monkeypatch.setattr(images, "_cache_one", real)
     cache = images.Cache.from_config(cfg, "demo")
     assert sorted(cache.read_manifest()) == sorted(calls)
-    r = images.prepare_dataset_cache(cfg, progress=False)
+    r = stages.prepare_dataset_cache(cfg, progress=False)
     assert (r["written"], r["skipped"]) == (270, 50)
 
 
@@ -267,7 +269,8 @@ def test_a_killed_stage_01_resumes_from_its_manifest(tiny_root, tmp_path, monkey
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute"])
 def test_image_paths_outside_the_root_are_refused(tiny_root, tmp_path, how):
-    from cxrlt.data.images import Cache, prepare_dataset_cache
+    from cxrlt.data.images import Cache
+    from cxrlt.data.stages import prepare_dataset_cache
 
     demo, cfg = demo_copy(tiny_root, tmp_path)
     train = pd.read_csv(demo / "train.csv", dtype=str, keep_default_na=False)

@@ -208,7 +208,8 @@ def test_demo_external_set_is_cached_resumably_and_gives_partial_rows(tiny_root,
     folder (a second run decodes nothing), and its rows carry NaN for the 18 findings it does not label."""
     from cxrlt.config import load_config
     from cxrlt.data.demo import EXTRA_RELABEL, make_external
-    from cxrlt.data.images import prepare_extra_cache, read_cached
+    from cxrlt.data.images import read_cached
+    from cxrlt.data.stages import prepare_extra_cache
     from cxrlt.data.labels import LABELS_2023
 
     make_external(tiny_root / "demo_extra", n=12, max_side=64, workers=1, uncertain=0.3, blank=0.1, progress=False)
@@ -240,7 +241,7 @@ def test_external_sets_change_no_fold_oof_or_assignment_input(tiny_root, tmp_pat
     stages 05-06 fit on) exactly as without it: external films are in none of them."""
     from cxrlt.config import load_config
     from cxrlt.data.demo import make_external
-    from cxrlt.data.folds import build_folds
+    from cxrlt.data.stages import build_folds
     from cxrlt.data.splits import current_assignment, oof_table
 
     make_external(tiny_root / "demo_extra", n=12, max_side=64, workers=1, uncertain=0.3, blank=0.1, progress=False)

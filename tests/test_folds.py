@@ -4,7 +4,8 @@ import pandas as pd
 from cxrlt.config import Config
 from cxrlt.data.datasets import resolve_dataset
 from cxrlt.data.demo import make_tables
-from cxrlt.data.folds import build_folds, imbalance, make_folds, positives_per_fold
+from cxrlt.data.folds import imbalance, make_folds, positives_per_fold
+from cxrlt.data.stages import build_folds
 
 SPEC = resolve_dataset(Config(preset="demo", input_dir="input"))
 TRAIN = make_tables({"train": 3000}, seed=0)["train"]

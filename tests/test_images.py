@@ -7,7 +7,8 @@ from PIL import Image
 
 from cxrlt.config import load_config
 from cxrlt.data.datasets import resolve_dataset
-from cxrlt.data.images import Cache, decode_gray, prepare_dataset_cache, read_cached, resize_square
+from cxrlt.data.images import Cache, decode_gray, read_cached, resize_square
+from cxrlt.data.stages import prepare_dataset_cache
 from cxrlt.errors import CxrltError
 
 

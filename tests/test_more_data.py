@@ -41,7 +41,7 @@ def spy_loss(monkeypatch):
 
 def extra_cfg(base, tiny_root, out, *more):
     from cxrlt.data.demo import make_external
-    from cxrlt.data.images import prepare_extra_cache
+    from cxrlt.data.stages import prepare_extra_cache
 
     make_external(tiny_root / "demo_extra", n=12, max_side=64, workers=1, uncertain=0.3, blank=0.1, progress=False)
     cfg = load_config(ROOT / "experiments" / "demo_extra.yaml", base + [f"output_dir={out}", *SHORT, *more])
@@ -128,7 +128,7 @@ def test_pseudo_labels_and_distillation_from_the_teachers_fold_k_model(base, tra
 
 
 def test_a_teacher_trained_on_other_folds_is_refused_before_training(base, trained, tmp_path):
-    from cxrlt.data.folds import build_folds
+    from cxrlt.data.stages import build_folds
 
     other = cfg_at(base, tmp_path / "s", *SHORT, f"folds.dir={tmp_path / 'folds'}", "folds.seed=7",
                    f"train.pseudo.from={trained}")

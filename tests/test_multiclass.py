@@ -139,7 +139,7 @@ def test_mosaic_and_union_mixes_are_refused_for_one_label_per_image(sl_root, tmp
 def sl_run(sl_root, tmp_path_factory):
     """The single-label demo's baseline trained (given scheme) and predicted; the training set recorded."""
     import cxrlt.train.fold as fold_mod
-    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.data.stages import prepare_dataset_cache
     from cxrlt.evaluate.predict import predict_experiment
 
     tmp = tmp_path_factory.mktemp("slrun")
@@ -239,8 +239,8 @@ def test_thresholds_stage_runs_on_a_single_held_out_part(sl_run):
 
 
 def test_kfold_scheme_on_a_multiclass_task_covers_the_training_csv(sl_root, tmp_path):
-    from cxrlt.data.folds import build_folds
-    from cxrlt.data.images import prepare_dataset_cache
+    from cxrlt.data.stages import build_folds
+    from cxrlt.data.stages import prepare_dataset_cache
     from cxrlt.evaluate.predict import predict_experiment
     from cxrlt.train.fold import train_fold
 

@@ -11,7 +11,7 @@ import torch
 
 from cxrlt.config import load_config, save_resolved
 from cxrlt.data.experiment import Experiment
-from cxrlt.data.folds import build_folds
+from cxrlt.data.stages import build_folds
 from cxrlt.data.pseudo import ids_hash, logits_file, pseudo_targets
 from cxrlt.data.splits import current_assignment
 from cxrlt.errors import CxrltError

@@ -10,7 +10,7 @@ import pytest
 from conftest import DEMO, cfg_at
 
 from cxrlt.config import load_config
-from cxrlt.data.folds import build_folds
+from cxrlt.data.stages import build_folds
 from cxrlt.errors import CxrltError
 from cxrlt.evaluate.predict import predict_experiment
 from cxrlt.evaluate.predictions import read_predictions, write_predictions

@@ -12,7 +12,7 @@ from conftest import DEMO, ROOT
 
 from cxrlt.config import load_config
 from cxrlt.data.datasets import resolve_dataset
-from cxrlt.data.folds import build_folds
+from cxrlt.data.stages import build_folds
 from cxrlt.errors import CxrltError
 from cxrlt.fileio import remove_stale_tmp, write_atomic, write_text
 

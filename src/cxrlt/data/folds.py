@@ -91,51 +91,6 @@ def folds_path(cfg, spec: DatasetSpec):
     return project_path(cfg.folds.dir) / f"{spec.name}_folds.csv"
 
 
-def build_folds(cfg, force: bool = False) -> dict:
-    """Stage 02 under the folds file's lock: a second run on the same folds stops at once."""
-    from cxrlt.data.experiment import Experiment
-    from cxrlt.stage import stage_frame
-
-    path = folds_path(cfg, Experiment.of(cfg).spec)
-    with stage_frame(path.parent, None, f"folds file {path.name}", force=force, lock=path.with_name(f".{path.name}.lock")):
-        return _build_folds(cfg, force)
-
-
-def _build_folds(cfg, force: bool = False) -> dict:
-    """Stage 02: write folds/<dataset>_folds.csv (+ the resolved config beside it) unless present."""
-    from cxrlt.config import rerun_hint, save_resolved
-    from cxrlt.data.datasets import read_split
-    from cxrlt.data.experiment import Experiment
-    from cxrlt.fileio import display_path, write_csv
-
-    spec = Experiment.of(cfg).spec
-    df = read_split(spec, "train", labels="required")
-    path = folds_path(cfg, spec)
-    skipped = False
-    if path.is_file() and not force:
-        folds = read_folds(path, spec, df, k=int(cfg.folds.k))
-        made = path.with_suffix(".yaml")
-        if made.is_file():
-            import yaml
-
-            seed = (yaml.safe_load(made.read_text()) or {}).get("folds", {}).get("seed")
-            if seed is not None and int(seed) != int(cfg.folds.seed):
-                raise CxrltError(f"{display_path(path)}: made with folds.seed={seed}, the recipe says "
-                                 f"{cfg.folds.seed}; rebuild with {rerun_hint(cfg, '02_make_folds.py', '--force')}")
-        skipped = True
-    else:
-        folds = make_folds(df, spec, int(cfg.folds.k), int(cfg.folds.seed))
-        write_csv(path, folds)
-        save_resolved(cfg, path.with_suffix(".yaml"))
-    table = positives_per_fold(df, folds, spec)
-    table.loc["(images)"] = folds.fold.value_counts().sort_index()
-    table["total"] = table.sum(axis=1)
-    k = int(cfg.folds.k)
-    checked = table[table["total"] >= 5 * k].drop(columns="total")
-    return dict(path=path, skipped=skipped, table=table, imbalance=imbalance(checked),
-                n_images=len(df), n_patients=df[spec.patient_col].nunique())
-
-
 def read_folds(path, spec: DatasetSpec, df: pd.DataFrame | None = None, k: int | None = None) -> pd.DataFrame:
     """Read a folds CSV; check it covers exactly df's ids and has folds 0..k-1 (else rebuild is needed)."""
     from cxrlt.fileio import display_path, read_table
