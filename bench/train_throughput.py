@@ -14,7 +14,6 @@ from _common import add_common_args, bench_config, device_line
 def bare_rate(cfg, args, compile_model: bool) -> float:
     """img/s of stage 03's own training step (train_one_epoch: the recipe's loss, AdamW, scheduler,
     clipping, accumulation, EMA) on random uint8 batches already on the device: no loader, no decode."""
-    import timm.optim
     import torch
     from timm.utils import ModelEmaV3
 
@@ -22,14 +21,16 @@ def bare_rate(cfg, args, compile_model: bool) -> float:
     from cxrlt.models.factory import create_model
     from cxrlt.runtime import make_accelerator
     from cxrlt.train.loop import train_one_epoch
+    from cxrlt.train.optim import Schedule, create_optimizer
 
     tcfg = cfg.train
     acc = make_accelerator(tcfg, "train.precision", int(tcfg.grad_accum))
     net = create_model(cfg.model, 26).to(acc.device).to(memory_format=torch.channels_last)
     ema = ModelEmaV3(net, decay=float(tcfg.ema_decay)) if tcfg.ema else None
-    opt = timm.optim.create_optimizer_v2(net, "adamw", lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    model, opt, sched = acc.prepare(net, opt, sched)
+    opt = create_optimizer(net, tcfg.optimizer, tcfg.lr, tcfg.weight_decay, tcfg.momentum)   # stage 03's
+    sched = Schedule(opt, tcfg.scheduler, epochs=int(tcfg.epochs), updates_per_epoch=1000,
+                     warmup_epochs=float(tcfg.warmup_epochs), min_lr_ratio=float(tcfg.min_lr_ratio))
+    model, opt = acc.prepare(net, opt)
     if compile_model:
         model = torch.compile(model)
     loss_fn = build_loss(cfg.loss, torch.ones(26).numpy() * 10, 100, int(tcfg.epochs)).to(acc.device)
