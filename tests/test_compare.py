@@ -271,6 +271,16 @@ def test_checkpoint_params_reads_no_code_and_refuses_what_is_not_a_checkpoint(tm
     assert checkpoint_params(tmp_path / "best.pt") == sum(p.numel() for p in net.parameters()) + 10 == 3 * 9 + 3 + 6 + 3 * 26 + 26 + 10
     shapes = read_shapes(tmp_path / "best.pt")["model"]
     assert shapes["1.running_var"].numel == 3 and not shapes["1.num_batches_tracked"].floating
+    marker = tmp_path / "ran"
+
+    class Runs:                                                                 # unpickling it would run a command
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save(dict(model=sd, hook=Runs()), tmp_path / "runs.pt")
+    assert checkpoint_params(tmp_path / "runs.pt") == checkpoint_params(tmp_path / "best.pt") and not marker.exists()
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(CxrltError, match=r"text\.pt: cannot be sized as a checkpoint of weights"):
         checkpoint_params(tmp_path / "text.pt")
