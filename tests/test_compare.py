@@ -185,3 +185,107 @@ def test_fold_figures_wins_and_patient_bootstrap_against_the_baseline(root, tmp_
     cfgs[0].compare.bootstrap = -1
     with pytest.raises(CxrltError, match=r"^compare\.bootstrap=-1: must be a whole number >= 0$"):
         compare_experiments(cfgs, tmp_path / "cmp0")
+
+
+def net_of(width):
+    """A small conv net: conv (1 -> width, 3x3), BatchNorm, linear (width -> 26)."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Conv2d(1, width, 3), torch.nn.BatchNorm2d(width), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(width, 26))
+
+
+def with_checkpoints(exp, width, folds=(0, 1), unfinished=(), full=False):
+    """best.pt (as train/saver.write_best writes it) and done.json in fold<k>/ of an experiment folder."""
+    import torch
+
+    from cxrlt.models.checkpoint import save
+
+    net = net_of(width)
+    for k in [*folds, *unfinished, *(["full"] if full else [])]:
+        d = exp / (k if k == "full" else f"fold{k}")
+        save(dict(model=net.state_dict(), weights="raw", arch=None, epoch=1, metrics={"val_mAP": np.float64(0.5)},
+                  fingerprint={}, init="scratch", mean=0.5, std=0.25), d / "best.pt")
+        if k not in unfinished:
+            (d / "done.json").write_text("{}")          # no seconds: train_min stays log.csv's
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def test_parameters_of_experiments_and_of_a_teacher_blend(root, tmp_path):
+    """params: one fold's model (BatchNorm statistics and counters left out), served_params: every
+    model the web page runs (unfinished folds not, the full-data fit where predict.use_full_fit takes
+    it); a blend folder is a row, sized as its members with a weight above 0."""
+    a = fake_experiment(root, tmp_path / "a", "a", 0.2, 1)
+    b = fake_experiment(root, tmp_path / "b", "b", 0.35, 2)
+    c = fake_experiment(root, tmp_path / "c", "c", 0.1, 3)
+    assert with_checkpoints(tmp_path / "a", 4, unfinished=(2,)) == 178            # 4*9+4 + 2*4 + 26*4+26
+    (tmp_path / "b" / "predict_config.yaml").write_text("predict:\n  use_full_fit: with_folds\n")
+    assert with_checkpoints(tmp_path / "b", 8, full=True) == 330                  # 8*9+8 + 2*8 + 26*8+26
+    assert with_checkpoints(tmp_path / "c", 64) == 2458                           # 64*9+64 + 2*64 + 26*64+26
+    # the teacher: a blend of a (0.7) and b (0.3); c's weight is 0, so the web page does not load it
+    oofs = {n: pd.read_csv(tmp_path / n / "oof.csv", dtype={"dicom_id": str}) for n in "ab"}
+    blend = oofs["a"].copy()
+    blend[LABELS_2023] = 0.7 * oofs["a"][LABELS_2023] + 0.3 * oofs["b"][LABELS_2023]
+    t = load_config(DEMO, [f"data.input_dir={root}", f"output_dir={tmp_path / 't'}", "name=t",
+                           f"blend.members=[{tmp_path / 'a'},{tmp_path / 'b'},{tmp_path / 'c'}]"])
+    (tmp_path / "t").mkdir()
+    blend.to_csv(tmp_path / "t" / "oof.csv", index=False)
+    (tmp_path / "t" / "weights.json").write_text(json.dumps(dict(mode="fit", weights={
+        str(tmp_path / "a"): 0.7, str(tmp_path / "b"): 0.3, str(tmp_path / "c"): 0.0})))
+    train = pd.read_csv(root / "demo" / "train.csv")
+    vouch(tmp_path / "t", evaluate(train[LABELS_2023].to_numpy(), blend[LABELS_2023].to_numpy(), LABELS_2023,
+                                   train[LABELS_2023].to_numpy().sum(0), len(train)))
+    r = compare_experiments([t, a, b, c], tmp_path / "cmp", baseline="a")
+    table = pd.read_csv(tmp_path / "cmp" / "table.csv").set_index("recipe")
+    assert list(table.columns[-2:]) == ["params", "served_params"] and list(table.index) == ["t", "a", "b", "c"]
+    want = {"a": (178, 2 * 178), "b": (330, 3 * 330), "c": (2458, 2 * 2458), "t": (178 + 330, 2 * 178 + 3 * 330)}
+    for n, (one, served) in want.items():
+        assert table.loc[n, "params"] * 1e6 == pytest.approx(one, abs=1e-6), n
+        assert table.loc[n, "served_params"] * 1e6 == pytest.approx(served, abs=1e-6), n
+    assert table.loc["t", "mAP"] == pytest.approx(direct(tmp_path / "t", root)["mAP"], abs=1e-9)
+    assert np.isnan(table.loc["t", "train_min"]) and table.loc["a", "train_min"] == pytest.approx(135 / 60)
+    md = r["markdown"]
+    assert [c.strip() for c in md.splitlines()[0].split("|")[-4:-1]] == ["train_min", "params", "served_params"]
+    line_t = next(line for line in md.splitlines() if line.startswith("| t "))
+    line_b = next(line for line in md.splitlines() if line.startswith("| b "))
+    def last2(line):
+        return [c.strip() for c in line.split("|")[-3:-1]]
+
+    assert last2(line_t) == ["0.000508", "0.00135"] and last2(line_b) == ["0.000330", "0.000990"]   # millions, 3 digits
+    # a recipe without checkpoints (predictions copied from elsewhere): '-' in both
+    (tmp_path / "c" / "fold0" / "done.json").unlink(), (tmp_path / "c" / "fold1" / "done.json").unlink()
+    row = compare_experiments([c], tmp_path / "cmp1")["table"].iloc[0]
+    assert np.isnan(row.params) and np.isnan(row.served_params)
+
+
+def test_checkpoint_params_reads_no_code_and_refuses_what_is_not_a_checkpoint(tmp_path):
+    import torch
+
+    from cxrlt.sizes import checkpoint_params, read_shapes
+
+    net = net_of(3)
+    sd = net.state_dict()
+    sd["half"] = torch.zeros(2, 5, dtype=torch.bfloat16)                       # a float buffer: counted
+    sd["index"] = torch.arange(7)                                               # an integer buffer: not
+    torch.save(dict(model=sd, metrics={"mAP": np.float64(0.25)}), tmp_path / "best.pt")
+    assert checkpoint_params(tmp_path / "best.pt") == sum(p.numel() for p in net.parameters()) + 10 == 3 * 9 + 3 + 6 + 3 * 26 + 26 + 10
+    shapes = read_shapes(tmp_path / "best.pt")["model"]
+    assert shapes["1.running_var"].numel == 3 and not shapes["1.num_batches_tracked"].floating
+    marker = tmp_path / "ran"
+
+    class Runs:                                                                 # unpickling it would run a command
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {marker}",)
+
+    torch.save(dict(model=sd, hook=Runs()), tmp_path / "runs.pt")
+    assert checkpoint_params(tmp_path / "runs.pt") == checkpoint_params(tmp_path / "best.pt") and not marker.exists()
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CxrltError, match=r"text\.pt: cannot be sized as a checkpoint of weights"):
+        checkpoint_params(tmp_path / "text.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CxrltError, match=r"list\.pt: not a model checkpoint"):
+        checkpoint_params(tmp_path / "list.pt")
+    with pytest.raises(CxrltError, match=r"gone\.pt: checkpoint not found"):
+        checkpoint_params(tmp_path / "gone.pt")

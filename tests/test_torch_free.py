@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MODULES = ["cxrlt.cli", "cxrlt.config", "cxrlt.runtime", "cxrlt.metrics", "cxrlt.data.datasets", "cxrlt.data.splits",
            "cxrlt.evaluate.bootstrap", "cxrlt.evaluate.predictions", "cxrlt.evaluate.validation",
            "cxrlt.evaluate.report", "cxrlt.ensemble.blend", "cxrlt.ensemble.thresholds", "cxrlt.ensemble.submission",
-           "cxrlt.ensemble.compare", "cxrlt.ensemble.summary"]
+           "cxrlt.ensemble.compare", "cxrlt.ensemble.summary", "cxrlt.sizes"]
 
 
 def test_stages_without_a_model_import_no_torch():

@@ -5,12 +5,15 @@ pooled OOF figure (one ranking over all images) beside the mean and std of per-f
 mAP, mAUC, mF1 at 0.5 and head / medium / tail mAP; frontal-only pooled mAP where the preset has a
 view column; tuned mF1 measured honestly (per-class thresholds fitted on the other folds, so stage
 06 need not have run); development mAP (from metrics.json) where the development CSV is labelled;
-training time (sum of `time_s` over fold*/log.csv). Against a baseline: the difference in pooled
-and per-fold mean mAP, the folds in which the recipe wins, and a paired bootstrap over patients
-(`compare.bootstrap` resamples, `compare.seed`) giving the 95 % interval of the difference in mAP
-and tail mAP; an interval containing 0 is marked n.d. (not distinguishable). Experiments whose
-OOF ids or folds differ are refused: their figures would not be comparable. Writes table.md,
-table.csv and mAP_by_group.png into compare_<name>/.
+training time (sum of `time_s` over fold*/log.csv); model size in millions of parameters (`params`:
+one fold's model, a blend's: one of each member with a weight above 0, summed; `served_params`:
+every model one prediction of the web page runs, summed; cxrlt.sizes, read from the best.pt files
+without torch). A blend's folder (stage 05: oof.csv, metrics.json, weights.json) is a row like any
+other. Against a baseline: the difference in pooled and per-fold mean mAP, the folds in which the
+recipe wins, and a paired bootstrap over patients (`compare.bootstrap` resamples, `compare.seed`)
+giving the 95 % interval of the difference in mAP and tail mAP; an interval containing 0 is marked
+n.d. (not distinguishable). Experiments whose OOF ids or folds differ are refused: their figures
+would not be comparable. Writes table.md, table.csv and mAP_by_group.png into compare_<name>/.
 """
 from __future__ import annotations
 
@@ -32,17 +35,22 @@ from cxrlt.evaluate.validation import METRICS, best_epochs, drift_check, fold_su
 from cxrlt.experiment import experiment_dir, recipe_config
 from cxrlt.fileio import display_path, project_path, read_table, save_figure, write_csv, write_text
 from cxrlt.metrics import evaluate, map_score, prevalence_groups
+from cxrlt.sizes import model_size
 from cxrlt.stage import stage_frame, verified
 
 FIGURES = [c for m in METRICS for c in (m, f"{m}_folds", f"{m}_folds_std")]
 DIFFS = ["d_mAP", "d_mAP_lo", "d_mAP_hi", "d_mAP_real", "d_mAP_folds", "folds_won",
          "d_tail", "d_tail_lo", "d_tail_hi", "d_tail_real"]
-COLUMNS = ["recipe", *FIGURES, "frontal", "mF1_honest", "dev_mAP", "train_min", *DIFFS, "drift"]
+SIZES = ["params", "served_params"]          # millions; after the older columns, which keep their places
+COLUMNS = ["recipe", *FIGURES, "frontal", "mF1_honest", "dev_mAP", "train_min", *DIFFS, "drift", *SIZES]
 NOTE = ("OOF figures over the same folds: pooled (one ranking over all images) and, in brackets, mean ± std of the "
         "per-fold figures. head / medium / tail: mAP of classes with >10 %, 1-10 %, <1 % training prevalence; "
         "frontal: pooled mAP of PA/AP images; mF1_honest: per-class thresholds fitted on the other folds; "
         "dev_mAP: development set (never fitted on); '-': not available; train_min: training minutes summed "
-        "over folds (fold*/log.csv time_s; a second stage: feature cache + training, from done.json)")
+        "over folds (fold*/log.csv time_s; a second stage: feature cache + training, from done.json); params: millions "
+        "of parameters of one fold's model (a blend: one model of each member with a weight above 0, summed); "
+        "served_params: of every model one prediction of the web page runs (every finished fold, the full-data fit "
+        "where predict.use_full_fit takes it; a blend: of its members), summed")
 DIFF_NOTE = ("d_*: minus the baseline, pooled; 95 % CI: paired bootstrap over patients ({n} resamples, seed {seed}), "
              "n.d.: the interval contains 0, not distinguishable; d_mAP_folds: difference of per-fold mean mAP; "
              "won: folds in which the recipe's own mAP beats the baseline's")
@@ -75,6 +83,10 @@ def _vouched(cfg: Config, exp: Path, files: list[str], rerun: str) -> dict:
         raise CxrltError(f"recipe '{cfg.name}': {e}") from None
 
 
+def _millions(n: int | None) -> float:
+    return float("nan") if n is None else n / 1e6
+
+
 def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, pd.DataFrame, dict]:
     """One experiment's figures; its OOF id and fold columns (for the same-folds check); and the
     per-fold mAPs and, with n_boot, per-class AP on each patient resample (for the differences)."""
@@ -103,6 +115,8 @@ def experiment_row(cfg: Config, n_boot: int = 0, seed: int = 0) -> tuple[dict, p
                frontal=frontal, mF1_honest=float(np.nanmean(honest_f1(y, p, folds))),
                dev_mAP=_float((m.get("development") or {}).get("mAP")), train_min=train_minutes(exp),
                drift=drift["warning"] or "")
+    size = model_size(exp)
+    row.update(params=_millions(size.params), served_params=_millions(size.served))
     extra = dict(fold_map={k: v["mAP"] for k, v in fs["per_fold"].items()},
                  ap=bootstrap_ap(y, {"p": p}, train[spec.patient_col], n_boot, seed)["p"] if n_boot else None,
                  tail=np.array(prevalence_groups(pos, n)) == "tail")
@@ -188,11 +202,22 @@ def _cell(col: str, v) -> str:
         return v
     if v is None or not np.isfinite(v):
         return "-"
+    if col in SIZES:
+        return _significant(v)
     return f"{v:.1f}" if col == "train_min" else f"{v:+.4f}" if col.startswith("d_") else f"{v:.4f}"
 
 
+def _significant(v: float, digits: int = 3) -> str:
+    """`v` to `digits` significant digits without an exponent: 0.000330, 0.375, 11.7, 1234."""
+    if v <= 0:
+        return f"{v:.0f}"
+    magnitude = int(np.floor(np.log10(float(f"{v:.{digits}g}"))))     # after rounding: 99.99 -> 100
+    return f"{v:.{max(0, digits - 1 - magnitude)}f}"
+
+
 def markdown_table(table: pd.DataFrame) -> str:
-    """A markdown table with aligned columns: 4 decimals, signed differences, minutes to 0.1."""
+    """A markdown table with aligned columns: 4 decimals, signed differences, minutes to 0.1,
+    millions of parameters to 3 significant digits."""
     cells = [[_cell(c, v) for c, v in zip(table.columns, r)] for r in table.itertuples(index=False)]
     w = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(table.columns)]
 
@@ -221,7 +246,7 @@ def markdown_report(table: pd.DataFrame, baseline: str, n_boot: int, seed: int, 
     """Two markdown tables (figures; differences against the baseline), notes and drift warnings."""
     figs = pd.DataFrame({"recipe": table.recipe,
                          **{("mF1@0.5" if m == "mF1" else m): [_pair(r, m) for _, r in table.iterrows()] for m in METRICS},
-                         **{c: table[c] for c in ("frontal", "mF1_honest", "dev_mAP", "train_min")}})
+                         **{c: table[c] for c in ("frontal", "mF1_honest", "dev_mAP", "train_min", *SIZES)}})
     diffs = pd.DataFrame({"recipe": table.recipe, "d_mAP": table.d_mAP,
                           "d_mAP 95 % CI": [_ci(r, "d_mAP") for _, r in table.iterrows()],
                           "d_mAP_folds": table.d_mAP_folds, "won": [f"{int(w)}/{n_folds}" for w in table.folds_won],
