@@ -197,7 +197,6 @@ def net_of(width):
 
 def with_checkpoints(exp, width, folds=(0, 1), unfinished=(), full=False):
     """best.pt (as train/saver.write_best writes it) and done.json in fold<k>/ of an experiment folder."""
-
     from cxrlt.models.checkpoint import save
 
     net = net_of(width)
