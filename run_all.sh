@@ -48,7 +48,7 @@ fi
 want() { if [ -n "$ONLY" ]; then [ "$1" = "$ONLY" ]; else [ "$1" \> "$FROM" ] || [ "$1" = "$FROM" ]; fi; }
 
 # Which data: the first competition release found under input/, else the synthetic demo.
-DEMO=0 DEMO_SL=0 DEMO_EXTRA=0
+DEMO=0 DEMO_SL=0 DEMO_EXTRA=0 BLENDS=""
 if [ -z "$RECIPES" ]; then
   preset=""
   for pair in cxr-lt-2023:cxr-lt-2023/train.csv cxr-lt-2024-task1:cxr-lt-2024/train_labeled.csv \
@@ -67,19 +67,20 @@ fi
 IFS=, read -r -a RLIST <<< "$RECIPES"
 for r in "${RLIST[@]}"; do  # stage 00 is needed when a recipe uses the demo preset
   [ -f "experiments/$r.yaml" ] || { echo "run_all.sh: no recipe experiments/$r.yaml" >&2; exit 2; }
-  read -r p x < <(PYTHONPATH=src $PY -c "
+  read -r p x b < <(PYTHONPATH=src $PY -c "
 import sys
 from cxrlt.config import load_config
 from cxrlt.errors import CxrltError
 try:
     c = load_config(sys.argv[1], sys.argv[2:])
-    print(c.data.preset, int(any(e['dir'] == 'demo_extra' for e in c.data.extra)))
+    print(c.data.preset, int(any(e['dir'] == 'demo_extra' for e in c.data.extra)), int(bool(c.blend.members)))
 except CxrltError as e:
-    print(f'error: {e}', file=sys.stderr); print('error 0')" "experiments/$r.yaml" "${OVERRIDES[@]}")
+    print(f'error: {e}', file=sys.stderr); print('error 0 0')" "experiments/$r.yaml" "${OVERRIDES[@]}")
   [ "$p" = error ] && exit 2
   [ "$p" = demo ] && DEMO=1
   [ "$p" = demo-single-label ] && DEMO_SL=1
   [ "$x" = 1 ] && DEMO_EXTRA=1
+  [ "$b" = 1 ] && BLENDS="$BLENDS $r"   # a blend in a comparison: stage 05 instead of 01-04
 done
 if [ -n "${LAUNCH:-}" ]; then :
 elif $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
@@ -98,6 +99,10 @@ if want 00 && [ "$DEMO_SL" = 1 ]; then stage "00 single-label demo data"; $PY sr
 if want 00 && [ "$DEMO_EXTRA" = 1 ]; then stage "00 demo external set"; $PY src/00_make_demo_data.py --extra $FORCE; fi
 for r in "${RLIST[@]}"; do
   cfg=experiments/$r.yaml
+  if [ -n "$COMPARE" ] && [[ " $BLENDS " == *" $r "* ]]; then   # a blend row (e.g. a teacher): its members are trained
+    if want 05; then stage "05 blend [$r]"; run $PY src/05_blend.py --config "$cfg" $FORCE; fi
+    continue
+  fi
   if want 01; then stage "01 image cache [$r]"; run $PY src/01_prepare_images.py --config "$cfg" $FORCE; fi
   if want 02; then stage "02 folds [$r]"; run $PY src/02_make_folds.py --config "$cfg" $FORCE; fi
   if want 03; then stage "03 train [$r]"; run $LAUNCH src/03_train.py --config "$cfg" $FORCE; fi
