@@ -17,8 +17,9 @@ def run(argv=None):
         print(f"{display_path(r['folder'])}: all {r['total']} images already cached ({splits}); --force redoes it")
     else:
         print(f"{display_path(r['folder'])}: cached {r['written']} images, {r['skipped']} were already there ({splits})")
-    for x in r.get("extra", ()):   # data.extra: one cache per external set
-        print(f"{display_path(x['folder'])}: external set {x['name']}: cached {x['written']} images, "
+    for x in [*r.get("extra", ()), *r.get("pseudo", ())]:   # data.extra: a cache per set; train.pseudo.folder
+        kind = "external set" if x in r.get("extra", ()) else "pseudo-label folder"
+        print(f"{display_path(x['folder'])}: {kind} {x['name']}: cached {x['written']} images, "
               f"{x['skipped']} were already there ({x['total']} films)")
 
 

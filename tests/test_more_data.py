@@ -75,32 +75,46 @@ def test_external_films_train_every_fold_with_their_unlabelled_findings_left_out
     assert sorted(val["dicom_id"]) == sorted(t.ids.iloc[va]) and not val["dicom_id"].str.startswith("extra:").any()
 
 
-def test_pseudo_labels_and_distillation_from_the_teachers_fold_k_model(base, trained, tmp_path, monkeypatch, capsys):
+def test_pseudo_labels_and_distillation_from_the_teachers_fold_k_model(base, tiny_root, trained, tmp_path, monkeypatch,
+                                                                      capsys):
     """Fold 1 of a student of the tiny trained experiment: the teacher pass runs fold 1's model only
-    (its logits cached beside the teacher), the test films join with weight 0.5 and soft targets, the
-    fold's own films get (1 - a) label + a soft target; the held-out fold is scored, nothing else."""
+    (its logits cached beside the teacher), the test films and a folder of unlabelled films join with
+    weight 0.5 and soft targets, the fold's own films get (1 - a) label + a soft target; the held-out
+    fold is scored, nothing else."""
     import shutil
+
+    from cxrlt.data.stages import prepare_pseudo_cache
 
     seen = spy_loss(monkeypatch)
     trained = shutil.copytree(trained, tmp_path / "teacher")      # the logits are written beside the teacher
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    spec0 = Experiment.of(cfg_at(base, tmp_path / "s")).spec
+    test0 = read_table(spec0.test_csv, spec0.id_col)
+    for j in range(4):                                             # new files: copies of four test films
+        shutil.copy(spec0.image_root / test0[spec0.path_col].iloc[j], folder / f"film{j}.png")
     cfg = cfg_at(base, tmp_path / "s", *SHORT, f"train.pseudo.from={trained}", "train.pseudo.splits=[test]",
-                 "train.pseudo.weight=0.5", "train.pseudo.distill=0.25", "train.pseudo.temperature=2", "train.batch_size=64")
+                 f"train.pseudo.folder={folder}", "train.pseudo.weight=0.5", "train.pseudo.distill=0.25",
+                 "train.pseudo.temperature=2", "train.batch_size=64")
+    assert [r["written"] for r in prepare_pseudo_cache(cfg, progress=False)] == [4]   # stage 01: the teacher's size is the student's
     train_fold(cfg, 1, progress=False)
     written = sorted(p.name for p in trained.glob("fold*/teacher_logits_*.csv"))
-    assert written == ["teacher_logits_test.csv", "teacher_logits_train.csv"]
+    assert written == ["teacher_logits_folder.csv", "teacher_logits_test.csv", "teacher_logits_train.csv"]
     assert all(p.parent.name == "fold1" for p in trained.glob("fold*/teacher_logits_*.csv"))
     spec = Experiment.of(cfg).spec
     t = Experiment.of(cfg).training()
     tr, va = t.split(1)
     n_test = len(read_table(spec.test_csv, spec.id_col))
-    assert f"+ {n_test} pseudo-labelled" in capsys.readouterr().out and seen["n"] == len(tr) + n_test
+    assert f"+ {n_test + 4} pseudo-labelled" in capsys.readouterr().out and seen["n"] == len(tr) + n_test + 4
     # soft targets: fold 1's own films (1 - 0.25) y + 0.25 sigmoid(z / 2); test films sigmoid(z / 2)
     z_tr = read_table(trained / "fold1" / "teacher_logits_train.csv", "id")
     z_te = read_table(trained / "fold1" / "teacher_logits_test.csv", "id")
     assert list(z_tr["id"]) == list(t.ids.iloc[tr])
     soft_tr = 1 / (1 + np.exp(-z_tr[list(spec.labels)].to_numpy(np.float64) / 2))
-    soft_te = 1 / (1 + np.exp(-z_te[list(spec.labels)].to_numpy(np.float64) / 2))
-    want = np.concatenate([0.75 * t.y[tr] + 0.25 * soft_tr, soft_te])
+    z_fo = read_table(trained / "fold1" / "teacher_logits_folder.csv", "id")
+    assert list(z_fo["id"]) == [f"folder:film{j}.png" for j in range(4)]
+    soft_te, soft_fo = (1 / (1 + np.exp(-z[list(spec.labels)].to_numpy(np.float64) / 2)) for z in (z_te, z_fo))
+    want = np.concatenate([0.75 * t.y[tr] + 0.25 * soft_tr, soft_te, soft_fo])
     assert seen["positives"] == pytest.approx(want.sum(0), rel=1e-5)
     # every batch carries row weights: 1 for the fold's films, 0.5 for pseudo-labelled ones
     weights = np.concatenate([c[1].cpu().numpy() for c in seen["calls"]])

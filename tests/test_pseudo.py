@@ -220,3 +220,34 @@ def test_a_blend_teacher_weighs_its_members_with_the_weights_fitted_without_fold
     write_text(blend / "weights.json", to_json(dict(mode="rank", weights={str(tdir): 0.5, str(other): 0.5})))
     with pytest.raises(CxrltError, match=r"a blend.mode=rank blend; a teacher blend must be mode fit"):
         pseudo_targets(student, blend, ["test"], fold=0, check_cache=False)
+
+
+def test_a_folder_of_unlabelled_films_is_pseudo_labelled_by_fold_and_a_seen_film_refused(pair, tiny_root, tmp_path):
+    """train.pseudo.folder: every image file under it (ids folder:<relative path>, in path order) gets
+    fold k's targets from the teacher's fold-k model; a film that is one of the teacher's training
+    images (the same file, here through a link) is refused."""
+    import os
+    import shutil
+
+    student, tdir = pair
+    spec = Experiment.of(student).spec
+    train = read_table(spec.train_csv, spec.id_col)
+    films = tiny_root / "unlabelled"
+    shutil.rmtree(films, ignore_errors=True)
+    (films / "b").mkdir(parents=True)
+    for j, rel in enumerate(["a.png", "b/c.png", "b/d.jpg"]):
+        shutil.copy(spec.image_root / train[spec.path_col].iloc[j], films / rel)   # copies: new files
+    (films / "notes.txt").write_text("not a film")
+    cfg = recipe(tiny_root, tmp_path, "student", "train.pseudo.from=x", "train.pseudo.folder=unlabelled")
+    from cxrlt.data.pseudo import folder_films
+
+    assert [i for i, _ in folder_films(cfg)] == ["folder:a.png", "folder:b/c.png", "folder:b/d.jpg"]
+    plant(cfg, tdir, "folder", lambda k: 2.0 * k - 1.0)
+    for k in range(K):
+        rows = pseudo_targets(cfg, tdir, ["folder"], fold=k, check_cache=False)
+        assert list(rows.ids) == ["folder:a.png", "folder:b/c.png", "folder:b/d.jpg"]
+        np.testing.assert_allclose(rows.y, sig(2.0 * k - 1.0), rtol=1e-6)
+    os.symlink(spec.image_root / train[spec.path_col].iloc[5], films / "seen.png")
+    with pytest.raises(CxrltError, match=r"trained on 1 of the films of train.pseudo.folder \(e.g. 'folder:seen.png'\)"):
+        pseudo_targets(cfg, tdir, ["folder"], fold=0, check_cache=False)
+    shutil.rmtree(films)

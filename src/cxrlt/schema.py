@@ -312,6 +312,7 @@ class Pseudo(Section):
     """train.pseudo: a teacher's soft targets (docs/external_data.md)."""
     from_: OptStr = Field(default=None, alias="from", description="the teacher: a finished experiment (name or folder) trained on the student's folds; null = no pseudo-labels, no distillation")
     splits: list[Choice("test", "dev")] = D(["test"], "films pseudo-labelled by the teacher and trained on by every fold (never scored out of fold): test | dev", kind="list of `test`, `dev`")
+    folder: OptStr = D(None, "a folder of unlabelled films (relative to data.input_dir; every .png/.jpg/.jpeg/.dcm/.dicom under it), pseudo-labelled and trained on by every fold; null = none")
     weight: Num(0) = D(1.0, "loss weight of a pseudo-labelled film against a labelled one")
     temperature: Num(0, lo_open=True) = D(1.0, "soft target = sigmoid(teacher logit / temperature)")
     distill: Prob = D(0.0, "distillation: a training film's target = (1 - distill) * its label + distill * the teacher's soft target; 0 = labels only")
@@ -484,8 +485,11 @@ def cross_checks(cfg: dict) -> str | None:
     if s2["from"] and p["use_full_fit"] != "none":
         return f"predict.use_full_fit={p['use_full_fit']}: a second stage has no full-data fit; set it to none"
     ps = tr["pseudo"]
-    if ps["from"] and not ps["splits"] and not ps["distill"]:
-        return "train.pseudo.from is set, but train.pseudo.splits is empty and train.pseudo.distill is 0: nothing to take from the teacher"
+    if ps["from"] and not ps["splits"] and not ps["folder"] and not ps["distill"]:
+        return ("train.pseudo.from is set, but train.pseudo.splits is empty, train.pseudo.folder null and "
+                "train.pseudo.distill 0: nothing to take from the teacher")
+    if ps["folder"] and not ps["from"]:
+        return "train.pseudo.folder: its films are labelled by a teacher; set train.pseudo.from"
     if ps["from"] and tr["full_fit"]:
         return "train.pseudo with train.full_fit: the teacher's targets come from its fold-k models; a full-data fit has none"
     if ps["from"] and s2["from"]:

@@ -33,7 +33,9 @@ from cxrlt.errors import CxrltError
 from cxrlt.fileio import display_path, project_path, read_table, stamps
 from cxrlt.findings import match_labels
 
-PSEUDO_SPLITS = ("test", "dev", "train")     # train: the student's fold-k training films (distillation)
+PSEUDO_SPLITS = ("test", "dev", "train", "folder")   # train: the fold's own films (distillation); folder: unlabelled
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+FOLDER_PREFIX = "folder:"
 ID_COL = "id"
 
 
@@ -55,16 +57,46 @@ def teacher_path(name: str | Path) -> Path:
     return experiment_path(str(name)) if not Path(str(name)).is_dir() else project_path(name)
 
 
-def pseudo_films(cfg, split: str, fold: int, cache=None, check_cache: bool = True):
+def pseudo_folder(cfg) -> Path | None:
+    """train.pseudo.folder under data.input_dir, or None."""
+    f = cfg.train.pseudo.folder
+    return project_path(cfg.data.input_dir) / f if f else None
+
+
+def folder_films(cfg) -> list[tuple[str, str]]:
+    """(id, path) of every image file under train.pseudo.folder, in path order; ids are
+    folder:<path relative to the folder>, so they never collide with a dataset's."""
+    root = pseudo_folder(cfg)
+    if root is None or not root.is_dir():
+        raise CxrltError(f"train.pseudo.folder: {display_path(root) if root else 'null'} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CxrltError(f"train.pseudo.folder: no {'/'.join(IMAGE_SUFFIXES)} file under {display_path(root)}")
+    return [(FOLDER_PREFIX + p.relative_to(root).as_posix(), str(p)) for p in files]
+
+
+def folder_cache(cache_cfg, cfg):
+    """Where the films of cfg's train.pseudo.folder are cached at cache_cfg's image size (the student's,
+    or a teacher's): <cache.dir>/pseudo/<folder name>/<size>_<resize>_<format>/."""
+    from cxrlt.data.images import Cache
+
+    c = cache_cfg.cache
+    name = Path(cfg.train.pseudo.folder).name or "folder"
+    return Cache(project_path(c.dir) / "pseudo" / name / f"{int(c.size)}_{c.resize}_{c.format}", int(c.size),
+                 c.resize, c.format)
+
+
+def pseudo_films(cfg, split: str, fold: int, cache_cfg=None, check_cache: bool = True):
     """(ids, image files) of the student's films that get soft targets for fold `fold`: every film of
-    the test or development CSV, or (split train) the student's fold-k training part. `cache`: where
-    the images are looked up (default the student's); check_cache: each must be cached (stage 01)."""
+    the test or development CSV, the student's fold-k training part (split train), or every film of
+    train.pseudo.folder. cache_cfg: whose image cache (size) the files are looked up in (default the
+    student's; a teacher's for its inference pass); check_cache: each must be cached (stage 01)."""
     from cxrlt.data.experiment import Experiment
     from cxrlt.data.images import Cache
 
-    spec = Experiment.of(cfg).spec
+    cache_cfg = cache_cfg or cfg
     ids, source = _film_ids(cfg, split, fold)
-    cache = cache or Cache.from_config(cfg, spec.name)
+    cache = folder_cache(cache_cfg, cfg) if split == "folder" else Cache.from_config(cache_cfg, Experiment.of(cfg).spec.name)
     return ids, (cache.require(ids, source, cfg) if check_cache else [cache.path(i) for i in ids])
 
 
@@ -126,7 +158,9 @@ def check_teacher(cfg, teacher: str | Path, splits) -> "object":
 
             for tab in extra_tables(tc, t.spec.labels):
                 trained |= set(map(str, tab.ids))
-        for s in sorted(films):
+        if "folder" in films:
+            _check_folder_unseen(cfg, t, tdir)
+        for s in sorted(films - {"folder"}):
             path = student.spec.csv(s)
             if path is None or not path.is_file():
                 continue
@@ -137,6 +171,26 @@ def check_teacher(cfg, teacher: str | Path, splits) -> "object":
                                  f"pseudo-labelled (e.g. '{sorted(both)[0]}'): its outputs there remember their labels; "
                                  f"use a teacher that never trained on them")
     return t
+
+
+def _check_folder_unseen(cfg, t, tdir) -> None:
+    """A film of train.pseudo.folder that is one of the teacher's training images (the same file) is
+    refused: the teacher's output there remembers its label."""
+    import os
+
+    from cxrlt.data.datasets import image_paths, read_split
+
+    mine = {os.path.realpath(p): i for i, p in folder_films(cfg)}
+    seen = set()
+    for split in ("train", "val"):
+        if split == "val" and (t.spec.val_csv is None or not t.spec.val_csv.is_file()):
+            continue
+        df = read_split(t.spec, split, labels="none")
+        seen |= {os.path.realpath(p) for p in image_paths(t.spec, df, split, True)}
+    both = sorted(set(mine) & seen)
+    if both:
+        raise CxrltError(f"teacher {display_path(tdir)} trained on {len(both)} of the films of train.pseudo.folder "
+                         f"(e.g. '{mine[both[0]]}'): its outputs there remember their labels; leave them out of the folder")
 
 
 @dataclass(frozen=True)
@@ -228,6 +282,8 @@ def _film_ids(cfg, split: str, fold: int):
     spec = Experiment.of(cfg).spec
     if split not in PSEUDO_SPLITS:
         raise CxrltError(f"pseudo-label splits are {', '.join(PSEUDO_SPLITS)}, not '{split}'")
+    if split == "folder":
+        return np.array([i for i, _ in folder_films(cfg)], dtype=object), pseudo_folder(cfg)
     if split == "train":
         if given_split(cfg):
             df, fold_of = given_table(cfg, spec, labels="none")

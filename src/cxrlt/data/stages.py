@@ -59,13 +59,15 @@ def _build_folds(cfg, force: bool = False) -> dict:
 def prepare_dataset_cache(cfg, force: bool = False, progress: bool = True) -> dict:
     """Stage 01 under the cache folder's lock: a second run on the same cache stops at once. Then
     each external set of data.extra into its own cache folder, under that folder's lock
-    (`extra`: one result per set, see prepare_extra_cache)."""
+    (`extra`: one result per set, see prepare_extra_cache), and the films of train.pseudo.folder
+    (`pseudo`, see prepare_pseudo_cache)."""
     from cxrlt.stage import stage_frame
 
     folder = Cache.from_config(cfg, Experiment.of(cfg).spec.name).folder
     with stage_frame(folder, None, f"image cache {folder.name}", force=force, lock=folder.parent / f".{folder.name}.lock"):
         out = _prepare_dataset_cache(cfg, force, progress)
     out["extra"] = prepare_extra_cache(cfg, force, progress)
+    out["pseudo"] = prepare_pseudo_cache(cfg, force, progress)
     return out
 
 
@@ -73,31 +75,61 @@ def prepare_extra_cache(cfg, force: bool = False, progress: bool = True) -> list
     """Stage 01 for data.extra: every external set's films into <cache.dir>/extra/<set>/<size>_<resize>_<format>/,
     keyed by the set's own ids, resumable and skipping what is cached as the main cache does (sources.csv).
     Missing or undecodable films fail the stage after the others are cached, listed in the set's failed.csv."""
+    from cxrlt.data.external import extra_cache_jobs
+    from cxrlt.fileio import display_path
+
+    jobs = [(spec.name, spec.csv, f"{spec.where} under {display_path(spec.image_root)}", cache, items)
+            for spec, cache, items in extra_cache_jobs(cfg)]
+    return _cache_sets(cfg, jobs, force, progress, "external sets")
+
+
+def prepare_pseudo_cache(cfg, force: bool = False, progress: bool = True) -> list[dict]:
+    """Stage 01 for train.pseudo.folder: its films cached at the student's image size and at each
+    teacher model's (the teacher's inference pass reads them there), in <cache.dir>/pseudo/<folder>/."""
+    from cxrlt.data.pseudo import folder_cache, folder_films, pseudo_folder, teacher_parts
+    from cxrlt.fileio import display_path
+
+    if not (cfg.train.pseudo["from"] and cfg.train.pseudo.folder):
+        return []
+    items = folder_films(cfg)
+    sizing = [cfg]
+    try:
+        parts = {d for k in Experiment.of(cfg).fold_ids for d, _ in teacher_parts(cfg, cfg.train.pseudo["from"], k)}
+        sizing += [Experiment.from_folder(d).cfg for d in sorted(parts)]
+    except CxrltError as e:       # no teacher yet: its size is cached when stage 01 runs again after it
+        print(f"note: train.pseudo.folder cached at the student's size only ({e})")
+    caches = {folder_cache(c, cfg).folder: folder_cache(c, cfg) for c in sizing}
+    where = display_path(pseudo_folder(cfg))
+    jobs = [("train.pseudo.folder", pseudo_folder(cfg), where, cache, items) for cache in caches.values()]
+    return _cache_sets(cfg, jobs, force, progress, "train.pseudo.folder")
+
+
+def _cache_sets(cfg, jobs, force: bool, progress: bool, what: str) -> list[dict]:
+    """Cache each (name, source file or folder, where, Cache, [(id, path)]) under its own frame."""
     import shutil
     import sys
 
     import pandas as pd
 
     from cxrlt.config import save_resolved
-    from cxrlt.data.external import extra_cache_jobs
     from cxrlt.fileio import display_path, write_csv
     from cxrlt.stage import stage_frame
 
     results, failed = [], []
-    for spec, cache, items in extra_cache_jobs(cfg):
+    for name, source, where, cache, items in jobs:
         folder = cache.folder
         names = pd.Series([safe_name(i) for i, _ in items])
         if names.duplicated().any():
             clash = [i for (i, _), n in zip(items, names) if n == names[names.duplicated()].iloc[0]]
-            raise CxrltError(f"{display_path(spec.csv)}: ids {clash[:2]} map to the same cache file name")
-        with stage_frame(folder, None, f"image cache {spec.name}/{folder.name}", force=force,
+            raise CxrltError(f"{display_path(source)}: ids {clash[:2]} map to the same cache file name")
+        with stage_frame(folder, None, f"image cache {name}/{folder.name}", force=force,
                          lock=folder.parent / f".{folder.name}.lock"):
             if force and folder.exists():
                 shutil.rmtree(folder)
             missing = [(i, p) for i, p in items if not os.path.isfile(p)]
             if missing:
-                print(f"warning: {display_path(spec.csv)}: {len(missing)} of {len(items)} image files of {spec.where} "
-                      f"missing under {display_path(spec.image_root)}, e.g. {missing[0][1]}", file=sys.stderr)
+                print(f"warning: {display_path(source)}: {len(missing)} of {len(items)} image files of {where} "
+                      f"missing, e.g. {missing[0][1]}", file=sys.stderr)
             written, skipped, failures = cache_images(cache, items, int(cfg.cache.workers or 0), progress,
                                                       int(cfg.cache.max_image_pixels))
             save_resolved(cfg, folder / "prepare_config.yaml")
@@ -105,14 +137,13 @@ def prepare_extra_cache(cfg, force: bool = False, progress: bool = True) -> list
             if failures:
                 write_csv(failed_csv, pd.DataFrame(failures, columns=["id", "path", "reason"]))
                 for image_id, src, reason in failures[:20]:
-                    print(f"  failed: {spec.name} {image_id} ({display_path(src)}): {reason}", file=sys.stderr)
+                    print(f"  failed: {name} {image_id} ({display_path(src)}): {reason}", file=sys.stderr)
                 failed.append(f"{len(failures)} of {len(items)} in {display_path(failed_csv)}")
             else:
                 failed_csv.unlink(missing_ok=True)
-        results.append(dict(name=spec.name, folder=folder, written=written, skipped=skipped, total=len(items)))
+        results.append(dict(name=name, folder=folder, written=written, skipped=skipped, total=len(items)))
     if failed:
-        raise CxrltError(f"external sets: images could not be cached ({'; '.join(failed)}); fix or remove them "
-                         f"and re-run")
+        raise CxrltError(f"{what}: images could not be cached ({'; '.join(failed)}); fix or remove them and re-run")
     return results
 
 

@@ -104,8 +104,9 @@ def training_rows(ctx: FoldContext, tr: np.ndarray) -> TrainingRows:
         rows.files += list(extra.files)
         rows.y = np.concatenate([rows.y, extra.y]).astype(np.float32)
         rows.parts["external"] = len(extra)
-    if ps["from"] and ps.splits:
-        pseudo = _teacher_rows(ctx, list(ps.splits))
+    films = list(ps.splits) + (["folder"] if ps.folder else [])
+    if ps["from"] and films:
+        pseudo = _teacher_rows(ctx, films)
         rows.files += list(pseudo.files)
         rows.y = np.concatenate([rows.y, pseudo.y]).astype(np.float32)
         rows.weights = np.r_[np.ones(len(rows.y) - len(pseudo)), np.full(len(pseudo), float(ps.weight))].astype(np.float32)

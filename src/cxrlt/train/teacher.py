@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 
 from cxrlt.data.experiment import Experiment
-from cxrlt.data.images import Cache
 from cxrlt.data.loader import CxrDataset, make_loader
 from cxrlt.data.pseudo import ID_COL, check_teacher, ids_hash, logits_file, pseudo_films
 from cxrlt.data.splits import current_assignment
@@ -78,7 +77,6 @@ def _experiment_logits(cfg, teacher, splits, folds=None, progress: bool = True, 
     t = check_teacher(cfg, teacher, splits)
     spec = Experiment.of(cfg).spec
     assignment = current_assignment(cfg, spec)
-    tcache = Cache.from_config(t.cfg, spec.name)       # the teacher's image size, the student's films
     views = parse_views(t.cfg.predict.tta)
     own = accelerator is None
     out = {}
@@ -86,7 +84,7 @@ def _experiment_logits(cfg, teacher, splits, folds=None, progress: bool = True, 
         best = t.layout.best(k)
         jobs = []
         for s in splits:
-            ids, files = pseudo_films(cfg, s, k, cache=tcache)
+            ids, files = pseudo_films(cfg, s, k, cache_cfg=t.cfg)   # the teacher's image size, the student's films
             f = logits_file(t.dir, k, s)
             out[(k, s)] = f
             if not _fresh(f, best, assignment, ids):
