@@ -138,8 +138,9 @@ def test_mosaic_and_union_mixes_are_refused_for_one_label_per_image(sl_root, tmp
 @pytest.fixture(scope="module")
 def sl_run(sl_root, tmp_path_factory):
     """The single-label demo's baseline trained (given scheme) and predicted; the training set recorded."""
-    import cxrlt.train.fold as fold_mod
+    import cxrlt.train.image as fold_mod       # the image-model strategy builds the datasets
     from cxrlt.data.stages import prepare_dataset_cache
+    from cxrlt.train.fold import train_fold
     from cxrlt.evaluate.predict import predict_experiment
 
     tmp = tmp_path_factory.mktemp("slrun")
@@ -154,7 +155,7 @@ def sl_run(sl_root, tmp_path_factory):
 
     fold_mod.CxrDataset = spy
     try:
-        done = fold_mod.train_fold(cfg, 0, progress=False)
+        done = train_fold(cfg, 0, progress=False)
     finally:
         fold_mod.CxrDataset = real
     r = predict_experiment(cfg, progress=False)
