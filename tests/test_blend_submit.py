@@ -110,7 +110,11 @@ def fake_member(cfg, out, quality, seed):
     tp = pd.DataFrame(rng.random((len(test), 26)), columns=LABELS_2023)
     tp.insert(0, "dicom_id", test.dicom_id)
     tp.to_csv(out / "test.csv", index=False)
-    seal(out / "metrics.json", {"mAP": 0.5}, [out / "oof.csv", out / "test.csv"])   # what stage 04 vouches for
+    dev = pd.read_csv(spec.dev_csv, dtype={"dicom_id": str})
+    dp = pd.DataFrame(noisy(dev[LABELS_2023].to_numpy(), quality, rng), columns=LABELS_2023)
+    dp.insert(0, "dicom_id", dev.dicom_id)
+    dp.to_csv(out / "development.csv", index=False)
+    seal(out / "metrics.json", {"mAP": 0.5}, [out / "oof.csv", out / "test.csv", out / "development.csv"])  # as stage 04
     return out
 
 
@@ -128,6 +132,11 @@ def test_blend_stage(base, tmp_path):
     y = pd.read_csv(resolve_dataset(bl.data).train_csv)[LABELS_2023].to_numpy()
     assert m["mAP"] == pytest.approx(np.nanmean(per_class(y, oof[LABELS_2023].to_numpy())), abs=1e-12)
     assert list(oof.columns) == ["dicom_id", *LABELS_2023, "fold"] and (tmp_path / "blend" / "test.csv").is_file()
+    # the labelled development set is scored as stage 04 scores a member's: the blend's own predictions
+    dev = pd.read_csv(tmp_path / "blend" / "development.csv", dtype={"dicom_id": str})
+    y_dev = pd.read_csv(resolve_dataset(bl.data).dev_csv, dtype={"dicom_id": str}).set_index("dicom_id")
+    want = np.nanmean(per_class(y_dev.loc[dev.dicom_id, LABELS_2023].to_numpy(), dev[LABELS_2023].to_numpy()))
+    assert m["development"]["mAP"] == pytest.approx(want, abs=1e-12) and "per_class" not in m["development"]
     assert blend_experiment(bl)["skipped"]
     # members whose ids are in another order are refused
     t = pd.read_csv(b / "oof.csv")

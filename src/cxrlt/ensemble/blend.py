@@ -277,12 +277,27 @@ def _blend_experiment(cfg: Config, frame) -> dict:
             continue
         s_ids, _, s_arr = loaded
         write_predictions(out / fname, s_ids, combine([s_arr[m] for m in members], weights, mode), cols, id_col)
+        if split == "dev":
+            result.update(_development(spec, out / fname, names, pos, n))
     save_resolved(cfg, out / "config.yaml")
     write_text(out / "weights.json", to_json(dict(mode=bc.mode, weights=result["weights"],
                                                        honest_weights=honest_weights), indent=1))
     # written last, vouching for every output: a blend killed half-way is redone, never "up to date"
     result = frame.seal(result, outputs=[out / f for f in ("oof.csv", "test.csv", "development.csv", "weights.json")])
     return dict(result, dir=out, skipped=False)
+
+
+def _development(spec, path: Path, names: list[str], pos, n) -> dict:
+    """{"development": figures} of the blend's development.csv where the development CSV is
+    labelled (as stage 04 reports a member's: never fitted on), else {}."""
+    table = read_split(spec, "dev", labels="auto")
+    if not all(c in table.columns for c in names):
+        return {}
+    pred = read_predictions(path, names, spec.id_col).set_index(spec.id_col)
+    table = table[table[spec.id_col].isin(pred.index)]      # a view-routed blend answers the views it has
+    probs = pred.loc[table[spec.id_col], names].to_numpy()
+    return {"development": {k: v for k, v in evaluate(label_matrix(spec, table), probs, names, pos, n).items()
+                            if k != "per_class"}}
 
 
 def _member_views(m: str) -> list[str] | None:
@@ -371,6 +386,8 @@ def _route(cfg, spec, train, members, frame) -> dict:
         r = routed(split, table)
         if r is not None:
             write_predictions(out / fname, r[0], r[1], names, id_col)
+            if split == "dev":
+                result.update(_development(spec, out / fname, names, pos, n))
     save_resolved(cfg, out / "config.yaml")
     write_text(out / "weights.json", to_json(dict(mode="route", weights=result["weights"], views=result["views"]),
                                               indent=1))
