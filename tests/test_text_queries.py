@@ -253,7 +253,7 @@ def test_blend_carries_zero_shot_columns_every_member_has(base, tmp_path):
         if i == 1:
             t = t.drop(columns="Bulla")      # only in one member: not carried
         t.to_csv(m / "test.csv", index=False)
-        seal(m / "metrics.json", {"mAP": 0.5}, [m / "oof.csv", m / "test.csv"])    # as stage 04 vouches for it
+        seal(m / "metrics.json", {"mAP": 0.5}, [m / "oof.csv", m / "test.csv", m / "development.csv"])  # as stage 04
     r = blend_experiment(cfg_at(base, tmp_path / "blend", "blend.mode=mean", f"blend.members=[{members[0]}, {members[1]}]"))
     test = pd.read_csv(r["dir"] / "test.csv")
     assert list(test.columns) == ["dicom_id", *LABELS_2023, "Goiter"]
