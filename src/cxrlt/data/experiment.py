@@ -115,28 +115,24 @@ class Experiment:
 
     def assignment(self, fold=None) -> str:
         """The fold assignment's hash as the folds file is now (no image-cache check: cheap, what a
-        finished fold is checked against before anything is read); fold=FULL: the full-data fit's."""
+        finished fold is checked against before anything is read); fold=FULL: the full-data fit's.
+        Kept, like the table, while the CSVs and the folds file are unchanged."""
         from cxrlt.data.splits import current_assignment, current_full_assignment
 
-        if "_table_key" in self.__dict__ and self._table_key == self._inputs():
-            return self._table.assignment(fold)
-        return current_full_assignment(self.cfg, self.spec) if fold == FULL else current_assignment(self.cfg, self.spec)
+        inputs = self._inputs()
+        key = (fold == FULL, json.dumps(inputs))
+        memo = self.__dict__.setdefault("_assignments", {})
+        if key not in memo:
+            if self.__dict__.get("_table_key") == inputs:
+                memo[key] = self._table.assignment(fold)
+            else:
+                memo[key] = (current_full_assignment(self.cfg, self.spec) if fold == FULL
+                             else current_assignment(self.cfg, self.spec))
+        return memo[key]
 
-    def fingerprint(self, fold=None, assignment: str | None = None) -> dict:
+    def fingerprint(self, fold=None) -> dict:
         """What a checkpoint of `fold` must agree on with this recipe (experiment.fingerprint)."""
-        return fingerprint(self.cfg, self.spec, assignment if assignment is not None else self.assignment(fold))
-
-    def oof_table(self):
-        """The labelled rows the experiment's oof.csv covers, in its order (data.splits.oof_table)."""
-        from cxrlt.data.splits import oof_table
-
-        return oof_table(self.cfg, self.spec)
-
-    def training_counts(self) -> tuple[np.ndarray, int]:
-        """Positives per class and images of the training CSV (the recipe's views)."""
-        from cxrlt.data.splits import training_counts
-
-        return training_counts(self.cfg, self.spec)
+        return fingerprint(self.cfg, self.spec, self.assignment(fold))
 
     @property
     def dir(self) -> Path:

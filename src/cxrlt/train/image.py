@@ -62,18 +62,13 @@ class TrainingRows:
     def __len__(self) -> int:
         return len(self.files)
 
-    @property
-    def plain(self) -> bool:
-        """Hard labels of the fold's own training part only: the statistics exactly as they always were."""
-        return not self.parts
-
-    @property
-    def positives(self) -> np.ndarray:
-        return self.y.sum(0) if self.plain else label_counts(self.y)[0]
-
-    @property
-    def labelled(self) -> np.ndarray | None:
-        return None if self.plain else label_counts(self.y)[1]
+    def counts(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(positives, labelled) per class for the loss: over labelled entries once films were added
+        (losses.label_counts); the fold's own hard labels alone keep the statistics as they always
+        were (labelled None)."""
+        if not self.parts:
+            return self.y.sum(0), None
+        return label_counts(self.y)
 
     def describe(self) -> str:
         words = {"external": "external", "pseudo": "pseudo-labelled", "distilled": "with distilled targets"}
@@ -91,30 +86,33 @@ def training_rows(ctx: FoldContext, tr: np.ndarray) -> TrainingRows:
         raise CxrltError("train.pseudo: soft targets are per-finding probabilities (multilabel); this dataset is multiclass")
     if ps["from"] and fold == FULL:
         raise CxrltError("train.pseudo: the teacher's targets come from its fold-k models; the full-data fit has none")
-    if ps["from"] and float(ps.distill) > 0:          # distillation: the fold's own films, soft and hard mixed
-        soft = _teacher_rows(ctx, ["train"])
-        if list(map(str, soft.ids)) != list(map(str, table.ids.iloc[tr])):
+    films = list(ps.splits) + (["folder"] if ps.folder else [])
+    splits = (["train"] if float(ps.distill) > 0 else []) + films
+    soft = _teacher_rows(ctx, splits) if ps["from"] and splits else None     # one pass, one read, every split
+    if soft is not None and float(ps.distill) > 0:    # distillation: the fold's own films, soft and hard mixed
+        own = soft.splits == "train"
+        if list(map(str, soft.ids[own])) != list(map(str, table.ids.iloc[tr])):
             raise CxrltError(f"train.pseudo.distill: the teacher's fold-{fold} targets cover other films than the "
                              f"fold's training part")
         a = np.float32(ps.distill)
-        rows.y = np.where(np.isnan(soft.y), rows.y, (1 - a) * rows.y + a * soft.y).astype(np.float32)
+        rows.y = np.where(np.isnan(soft.y[own]), rows.y, (1 - a) * rows.y + a * soft.y[own]).astype(np.float32)
         rows.parts["distilled"] = len(tr)
     extra = extra_training_rows(cfg)
     if len(extra):
         rows.files += list(extra.files)
         rows.y = np.concatenate([rows.y, extra.y]).astype(np.float32)
         rows.parts["external"] = len(extra)
-    films = list(ps.splits) + (["folder"] if ps.folder else [])
-    if ps["from"] and films:
-        pseudo = _teacher_rows(ctx, films)
-        rows.files += list(pseudo.files)
-        rows.y = np.concatenate([rows.y, pseudo.y]).astype(np.float32)
+    if soft is not None and films:
+        pseudo = np.flatnonzero(soft.splits != "train")
+        rows.files += [soft.files[i] for i in pseudo]
+        rows.y = np.concatenate([rows.y, soft.y[pseudo]]).astype(np.float32)
         rows.weights = np.r_[np.ones(len(rows.y) - len(pseudo)), np.full(len(pseudo), float(ps.weight))].astype(np.float32)
         rows.parts["pseudo"] = len(pseudo)
     return rows
 
 
 def _teacher_rows(ctx: FoldContext, splits: list[str]):
+    """The teacher's fold-k soft targets for `splits`: its inference pass first where not cached."""
     from cxrlt.train.teacher import teacher_logits
 
     ps = ctx.cfg.train.pseudo
@@ -148,6 +146,7 @@ class ImageModel(Strategy):
         tr, va = table.split(fold)
         y, files = table.y, table.files
         rows = training_rows(ctx, tr)       # the fold's training part, plus external and pseudo-labelled films
+        positives, labelled = rows.counts()
         # the union rule's normal class (mosaic, union mixes) is a multilabel notion
         normal = names.index(spec.normal_label) if spec.normal_label and not spec.multiclass else None
         allowed = tuple(names.index(x) for x in spec.normal_allows)
@@ -209,8 +208,8 @@ class ImageModel(Strategy):
                                      summary["best_epoch"])
 
         return Plan(module=net, train_ds=train_ds, train_loader=train_loader, validate=check,
-                    val_ids=table.ids.iloc[va], epochs=epochs, batches=batches, counts=rows.positives, n_items=len(rows),
-                    labelled=rows.labelled, row_weights=rows.weights,
+                    val_ids=table.ids.iloc[va], epochs=epochs, batches=batches, counts=positives, n_items=len(rows),
+                    labelled=labelled, row_weights=rows.weights,
                     arch=arch_record(cfg.model, names, cfg.cache.size, cfg.cache.resize, mean, std, net, task=spec.task),
                     mean=mean, std=std, loop_cfg=tcfg, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay),
                     warmup_epochs=float(tcfg.warmup_epochs), label=f"fold {fold}", title=f"{cfg.name} fold {fold}",

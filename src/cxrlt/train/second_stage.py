@@ -278,8 +278,6 @@ class FeatureHead(SecondStage):
             print(f"fold {fold}: {s2.method} over '{s2['from']}' done, val mAP {summary['best_mAP']:.4f} "
                   f"(features {summary['seconds']['features']:.0f} s, training {summary['seconds']['train']:.0f} s)")
 
-        # last.pt also records the backbone it was trained on: resuming over a retrained first-stage fold is refused
-        fp = exp.fingerprint(fold)
         return Plan(module=module, train_ds=train_ds, train_loader=train_loader, validate=check,
                     val_ids=table.ids.iloc[val_rows], epochs=int(s2.epochs), batches=len(train_loader), counts=counts,
                     n_items=n_items, arch=arch2, mean=ck["mean"], std=ck["std"], loop_cfg=lcfg, lr=float(s2.lr),
@@ -287,7 +285,8 @@ class FeatureHead(SecondStage):
                     label=f"fold {fold} {s2.method}", title=f"{cfg.name} fold {fold} ({s2.method})",
                     # every parameter decays, biases included (as before the move to timm's optimizer factory)
                     filter_bias_and_bn=False, to_input=to_input, best_state=lambda: full.state_dict(), to_device=(full,),
-                    resume_fingerprint=dict(fp, backbone=list(self.checkpoint[2])),
+                    # last.pt also records the backbone: resuming over a retrained first-stage fold is refused
+                    resume_fingerprint=dict(ctx.fingerprint, backbone=list(self.checkpoint[2])),
                     init=f"{ck.get('init', 'unknown')} + {s2.method}", patience=cfg.train.patience,
                     summary_extra=self.extra(), seconds=seconds, after=after)
 
@@ -338,7 +337,7 @@ class TauNorm(SecondStage):
             out.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, exp.dir / "config.yaml")
             write_best(exp.layout.best(fold), net.state_dict(), weights="tau_norm", arch=arch, epoch=0,
-                       metrics=log.iloc[pick].to_dict(), fingerprint=exp.fingerprint(fold), init=init,
+                       metrics=log.iloc[pick].to_dict(), fingerprint=ctx.fingerprint, init=init,
                        mean=ck["mean"], std=ck["std"])
             preds = pd.DataFrame(v["probs"], columns=names)
             preds.insert(0, spec.id_col, df[spec.id_col].to_numpy()[va])

@@ -25,7 +25,7 @@ import numpy as np
 from cxrlt.config import Config, save_resolved
 from cxrlt.data.datasets import check_task
 from cxrlt.data.experiment import Experiment
-from cxrlt.experiment import check_fingerprint
+from cxrlt.experiment import FULL, check_fingerprint
 from cxrlt.fileio import display_path
 from cxrlt.losses import build_loss
 from cxrlt.progress import progress_bar
@@ -50,6 +50,7 @@ class FoldContext:
     accelerator: Any
     progress: bool
     resume: bool                 # last.pt is there and --force was not given
+    fingerprint: dict            # what the fold's checkpoints must agree on (Experiment.fingerprint)
 
     @property
     def main(self) -> bool:
@@ -110,9 +111,6 @@ class Strategy:
     def grad_accum(self, cfg: Config) -> int:
         return int(cfg.train.grad_accum)
 
-    def fingerprint(self, exp: Experiment, fold) -> dict:
-        return exp.fingerprint(fold)
-
     def check_finished(self, done: dict, frame, cfg: Config, fold) -> None:
         """More checks of a finished fold's done.json (the fingerprint is checked already)."""
 
@@ -131,7 +129,7 @@ def run_fold(cfg: Config, fold, strategy: Strategy, force: bool = False, progres
                      main=is_main_process(), lock=out / ".lock") as frame:
         strategy.check(cfg, exp, fold)
         check_task(cfg, exp.spec)
-        fp = strategy.fingerprint(exp, fold)
+        fp = exp.fingerprint(fold)
         done = frame.vouched(outputs=False)
         if done is not None:     # finished: only if for this recipe, these folds and an accepted start
             check_fingerprint(done.get("fingerprint", {}), fp, frame.stamp, "use --force to retrain the fold")
@@ -140,7 +138,7 @@ def run_fold(cfg: Config, fold, strategy: Strategy, force: bool = False, progres
         resume = exp.layout.last(fold).is_file() and not frame.force   # --force sets the old run aside below
         accelerator = make_accelerator(cfg.train, "train.precision", strategy.grad_accum(cfg),
                                        tracking.log_with(cfg, fold), out)
-        ctx = FoldContext(cfg, exp, fold, frame, accelerator, progress, resume)
+        ctx = FoldContext(cfg, exp, fold, frame, accelerator, progress, resume, fp)
         t_start = time.time()
         plan = strategy.build(ctx)
         if isinstance(plan, dict):           # trained in closed form (tau-norm)
@@ -149,7 +147,7 @@ def run_fold(cfg: Config, fold, strategy: Strategy, force: bool = False, progres
                 summary["seconds"] = dict(summary["seconds"], total=round(time.time() - t_start, 1))
         else:
             t_epochs = time.time()
-            summary = _epochs(ctx, plan, fp, stop_after)
+            summary = _epochs(ctx, plan, stop_after)
             if summary.get("stopped"):
                 return summary
             summary.update(plan.summary_extra)
@@ -165,7 +163,7 @@ def run_fold(cfg: Config, fold, strategy: Strategy, force: bool = False, progres
         return dict(summary, dir=out)
 
 
-def _epochs(ctx: FoldContext, plan: Plan, fp: dict, stop_after: int | None) -> dict:
+def _epochs(ctx: FoldContext, plan: Plan, stop_after: int | None) -> dict:
     """The epochs of a Plan: optimizer, schedule, loss, EMA, checkpoints, exact resume."""
     from accelerate.utils import set_seed
     from timm.utils import ModelEmaV3
@@ -191,7 +189,7 @@ def _epochs(ctx: FoldContext, plan: Plan, fp: dict, stop_after: int | None) -> d
     criterion = build_loss(cfg.loss, plan.counts, plan.n_items, plan.epochs, spec.task,
                            labelled=plan.labelled).to(accelerator.device)
     row_weights = None if plan.row_weights is None else torch.as_tensor(plan.row_weights).to(accelerator.device)
-    saver = CheckpointSaver(exp.layout.last(fold), exp.layout.best(fold), plan.resume_fingerprint or fp, module, ema,
+    saver = CheckpointSaver(exp.layout.last(fold), exp.layout.best(fold), plan.resume_fingerprint or ctx.fingerprint, module, ema,
                             optimizer, schedule, accelerator.scaler, plan.mean, plan.std, cfg.to_dict(),
                             arch=plan.arch, best_state=plan.best_state)
     if plan.init is not None:
@@ -244,11 +242,9 @@ def _epochs(ctx: FoldContext, plan: Plan, fp: dict, stop_after: int | None) -> d
     best_epoch = len(history) if full else best_index(history) + 1
     return dict(fold=fold, best_mAP=best if full else float(history[best_epoch - 1]["val_mAP"]), best_score=best,
                 score="val_bAcc" if spec.multiclass else "val_mAP", best_epoch=best_epoch, epochs=len(history),
-                init=saver.init, fingerprint=fp, skipped=False)
+                init=saver.init, fingerprint=ctx.fingerprint, skipped=False)
 
 
 def seed_of(cfg: Config, fold) -> int:
     """The seed of a fold's run (each epoch adds its number): the full-data fit counts as fold k."""
-    from cxrlt.experiment import FULL
-
     return int(cfg.seed) + 1000 * (int(cfg.folds.k) if fold == FULL else int(fold))
