@@ -17,6 +17,7 @@ from cxrlt.data.splits import current_assignment
 from cxrlt.errors import CxrltError
 from cxrlt.experiment import fingerprint
 from cxrlt.fileio import read_table, stamps, to_json, write_csv, write_text
+from cxrlt.stage import seal
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 K = 3
@@ -54,9 +55,10 @@ def plant(student, tdir, split, value_of_fold, folds_hash=None, labels=None):
         df = pd.DataFrame(np.full((len(ids), len(labels)), value_of_fold(k), np.float32), columns=labels)
         df.insert(0, "id", ids)
         write_csv(f, df, float_format="%.9g")
-        write_text(f.with_suffix(".json"), to_json(dict(
-            checkpoint=stamps({"b": tdir / f"fold{k}" / "best.pt"})["b"], csv=stamps({"f": f})["f"],
-            folds=folds_hash or current_assignment(student, Experiment.of(student).spec), ids=ids_hash(ids), labels=labels)))
+        seal(f.with_suffix(".json"), dict(            # as the inference pass stamps it
+            checkpoint=stamps({"b": tdir / f"fold{k}" / "best.pt"})["b"],
+            folds=folds_hash or current_assignment(student, Experiment.of(student).spec), ids=ids_hash(ids),
+            labels=labels), outputs=[f])
 
 
 def _ids(student, split, k):

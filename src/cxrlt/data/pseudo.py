@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrlt.errors import CxrltError
-from cxrlt.fileio import display_path, project_path, read_table, stamps
+from cxrlt.experiment import experiment_path
+from cxrlt.fileio import display_path, intact, project_path, read_table, stamps
 from cxrlt.findings import match_labels
 
 PSEUDO_SPLITS = ("test", "dev", "train", "folder")   # train: the fold's own films (distillation); folder: unlabelled
@@ -48,13 +49,6 @@ def ids_hash(ids) -> str:
     for i in ids:
         h.update(f"{i}\n".encode())
     return h.hexdigest()[:16]
-
-
-def teacher_path(name: str | Path) -> Path:
-    """A teacher named as an experiment (experiments/<name>/) or given as a folder."""
-    from cxrlt.experiment import experiment_path
-
-    return experiment_path(str(name)) if not Path(str(name)).is_dir() else project_path(name)
 
 
 def pseudo_folder(cfg) -> Path | None:
@@ -106,9 +100,8 @@ def teacher_parts(cfg, teacher: str | Path, fold: int) -> list[tuple[Path, float
     them, with the weights fitted without fold k (blend.mode fit: weights.json's honest_weights) or
     equal (mean). A rank or view-routed blend gives no probabilities to learn from: refused."""
     from cxrlt.data.experiment import Experiment
-    from cxrlt.experiment import experiment_path
 
-    tdir = teacher_path(teacher)
+    tdir = experiment_path(str(teacher))   # a name under experiments/ or a folder
     wfile = tdir / "weights.json"
     if not wfile.is_file():
         return [(tdir, 1.0)]
@@ -134,7 +127,7 @@ def check_teacher(cfg, teacher: str | Path, splits) -> "object":
     from cxrlt.data.experiment import Experiment
     from cxrlt.experiment import fold_ids
 
-    tdir = teacher_path(teacher)
+    tdir = experiment_path(str(teacher))   # a name under experiments/ or a folder
     student = Experiment.of(cfg)
     if tdir.resolve() == student.dir.resolve():
         raise CxrltError(f"teacher {display_path(tdir)} is the student's own folder; name a finished experiment")
@@ -217,7 +210,7 @@ def read_teacher_logits(cfg, teacher, fold: int, split: str, ids, assignment: st
         raise CxrltError(f"{display_path(f)}: no fold-{fold} teacher logits for '{split}' yet; {hint}")
     rec = json.loads(stamp.read_text())
     best = teacher.layout.best(fold)
-    if rec.get("checkpoint") != stamps({"best.pt": best})["best.pt"] or rec.get("csv") != stamps({"f": f})["f"]:
+    if rec.get("checkpoint") != stamps({"best.pt": best})["best.pt"] or not intact(rec.get("outputs"), f.parent):
         raise CxrltError(f"{display_path(f)}: written from another {display_path(best)} (retrained since) or "
                          f"rewritten; {hint}")
     if rec.get("folds") != assignment:
@@ -240,7 +233,6 @@ def pseudo_targets(cfg, teacher: str | Path, splits, fold: int, temperature: flo
     fold's training part). Student labels the teacher lacks (matched by name and alias) are NaN:
     left out of the loss. check_cache=False skips the student's image-cache check (tests)."""
     from cxrlt.data.experiment import Experiment
-    from cxrlt.data.splits import current_assignment
 
     if not float(temperature) > 0:
         raise CxrltError(f"pseudo-label temperature must be > 0, not {temperature}")
@@ -248,8 +240,7 @@ def pseudo_targets(cfg, teacher: str | Path, splits, fold: int, temperature: flo
     if not splits:
         raise CxrltError("pseudo-labels: name at least one split (test, dev or train)")
     parts = [(check_teacher(cfg, d, splits), w) for d, w in teacher_parts(cfg, teacher, fold)]
-    spec = Experiment.of(cfg).spec
-    assignment = current_assignment(cfg, spec)
+    spec, assignment = Experiment.of(cfg).spec, Experiment.of(cfg).assignment()
     ids_all, files_all, y_all, split_all = [], [], [], []
     for s in splits:
         ids, files = pseudo_films(cfg, s, fold, check_cache=check_cache)

@@ -15,7 +15,6 @@ Images come from the teacher's own image cache (its cache.size; stage 01 of the 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pandas as pd
@@ -24,13 +23,13 @@ import torch
 from cxrlt.data.experiment import Experiment
 from cxrlt.data.loader import CxrDataset, make_loader
 from cxrlt.data.pseudo import ID_COL, check_teacher, ids_hash, logits_file, pseudo_films
-from cxrlt.data.splits import current_assignment
 from cxrlt.errors import CxrltError
-from cxrlt.experiment import fold_ids
-from cxrlt.fileio import display_path, stamps, to_json, write_csv, write_text
+from cxrlt.experiment import experiment_path, fold_ids
+from cxrlt.fileio import display_path, intact, stamps, write_csv
 from cxrlt.models.checkpoint import load, load_model
 from cxrlt.models.inference import parse_views, predict_loader
 from cxrlt.runtime import make_accelerator
+from cxrlt.stage import read_stamp, seal
 
 
 class _Counted:
@@ -46,11 +45,9 @@ class _Counted:
 
 
 def _fresh(f, best, assignment: str, ids) -> bool:
-    stamp = f.with_suffix(".json")
-    if not (f.is_file() and stamp.is_file()):
-        return False
-    rec = json.loads(stamp.read_text())
-    return (rec.get("checkpoint") == stamps({"b": best})["b"] and rec.get("csv") == stamps({"f": f})["f"]
+    """The logits file is vouched for by its stamp (stage.seal) for this checkpoint, folds and films."""
+    rec = read_stamp(f.with_suffix(".json")) or {}
+    return (intact(rec.get("outputs"), f.parent) and rec.get("checkpoint") == stamps({"b": best})["b"]
             and rec.get("folds") == assignment and rec.get("ids") == ids_hash(ids))
 
 
@@ -59,9 +56,9 @@ def teacher_logits(cfg, teacher, splits, folds=None, progress: bool = True, acce
     file} of a teacher experiment; of a blend, {(fold, split, member folder name): file} for each
     member with a weight for that fold (data.pseudo.teacher_parts). folds: default every student
     fold; accelerator: the calling stage's (a trainer's), else one is made from the teacher's predict section."""
-    from cxrlt.data.pseudo import teacher_parts, teacher_path
+    from cxrlt.data.pseudo import teacher_parts
 
-    blend = (teacher_path(teacher) / "weights.json").is_file()
+    blend = (experiment_path(str(teacher)) / "weights.json").is_file()
     out = {}
     for k in (fold_ids(cfg) if folds is None else list(folds)):
         for part, _ in teacher_parts(cfg, teacher, k):
@@ -75,8 +72,7 @@ def _experiment_logits(cfg, teacher, splits, folds=None, progress: bool = True, 
     from cxrlt.progress import progress_bar
 
     t = check_teacher(cfg, teacher, splits)
-    spec = Experiment.of(cfg).spec
-    assignment = current_assignment(cfg, spec)
+    assignment = Experiment.of(cfg).assignment()
     views = parse_views(t.cfg.predict.tta)
     own = accelerator is None
     out = {}
@@ -121,9 +117,9 @@ def _experiment_logits(cfg, teacher, splits, folds=None, progress: bool = True, 
             df.insert(0, ID_COL, list(ids))
             write_csv(f, df, float_format="%.9g")
             # the stamp last: it vouches for the CSV just written
-            write_text(f.with_suffix(".json"), to_json(dict(
-                checkpoint=stamps({"b": best})["b"], csv=stamps({"f": f})["f"], folds=assignment, ids=ids_hash(ids),
-                labels=labels, split=s, fold=int(k), views=["none", *views], films=len(ids))))
+            seal(f.with_suffix(".json"), dict(checkpoint=stamps({"b": best})["b"], folds=assignment, ids=ids_hash(ids),
+                                              labels=labels, split=s, fold=int(k), views=["none", *views],
+                                              films=len(ids)), outputs=[f])
         if own:
             accelerator.free_memory()
     return out
