@@ -233,6 +233,15 @@ class _Http:
         return body
 
 
+    def created(self, r, where: str) -> str:
+        """The id of the submission the answer `r` to `where` (the request creating it) reports;
+        none is _Unsure: the submission may exist on the platform, so it is never sent again by itself."""
+        sub = self.json(self.expect(r, (200, 201), "the submission"), "submission")
+        if sub.get("id") is None:
+            raise _Unsure(f"{where}: no submission id in the answer")
+        return str(sub["id"])
+
+
 class _Unsure(CxrltError):
     """The request creating the submission may have reached the platform: not retried."""
 
@@ -322,10 +331,7 @@ class Codabench:
         if self.t.tasks:
             payload["tasks"] = [str(x) for x in self.t.tasks]
         r = self.http.call("POST", "/api/submissions/", data=payload, resend=False)
-        sub = self.http.json(self.http.expect(r, (200, 201), "the submission"), "submission")
-        if sub.get("id") is None:
-            raise _Unsure(f"POST {self.t.url}/api/submissions/: no submission id in the answer")
-        return str(sub["id"])
+        return self.http.created(r, f"POST {self.t.url}/api/submissions/")
 
     def poll(self, sid: str) -> dict:
         # GET /api/submissions/<id>/ (serializers/submissions.py SubmissionSerializer: status, status_details,
@@ -412,10 +418,7 @@ class CodaLab:
         r = self.http.call("POST", f"{self.base}/submission", resend=False,
                            params=dict(phase_id=str(self.t.phase), description=self.description),
                            data=dict(id=sas["id"], name=name, type="application/zip", size=str(len(data))))
-        sub = self.http.json(self.http.expect(r, (200, 201), "the submission"), "submission")
-        if sub.get("id") is None:
-            raise _Unsure(f"POST {self.t.url}{self.base}/submission: no submission id in the answer")
-        return str(sub["id"])
+        return self.http.created(r, f"POST {self.t.url}{self.base}/submission")
 
     def poll(self, sid: str) -> dict:
         # GET /api/competition/<id>/submission/<pk> (CompetitionSubmissionSerial: status codename,

@@ -235,19 +235,11 @@ def append_log(log: str | Path, row: dict, timeout: float = LOG_LOCK_TIMEOUT) ->
     does not block (flock dies with its process). If the lock cannot be taken within `timeout` s,
     CxrltError names the lock and its holder.
     """
-    log = Path(log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    lock = log_lock(log, timeout)
-    try:
-        with lock:
-            new = pd.DataFrame([row])
-            if log.is_file():  # old rows as strings: rewritten exactly as they were
-                new = pd.concat([read_table(log, dtype=str, keep_default_na=False), new], ignore_index=True)
-            write_csv(log, new)
-    except Timeout:
-        raise CxrltError(f"{display_path(lock.lock_file)}: lock not taken within {timeout:g} s (held by "
-                         f"{holder(lock.lock_file)}); "
-                         f"{display_path(log)} not updated") from None
+    def add(rows):   # old rows as strings: rewritten exactly as they were
+        new = pd.DataFrame([row])
+        return (new if len(rows.columns) == 0 else pd.concat([rows, new], ignore_index=True)), None
+
+    update_log(log, add, timeout)
 
 
 def update_log(log: str | Path, edit, timeout: float = LOG_LOCK_TIMEOUT):
