@@ -17,10 +17,10 @@ def run(argv=None):
         print(f"{display_path(r['folder'])}: all {r['total']} images already cached ({splits}); --force redoes it")
     else:
         print(f"{display_path(r['folder'])}: cached {r['written']} images, {r['skipped']} were already there ({splits})")
-    for x in [*r.get("extra", ()), *r.get("pseudo", ())]:   # data.extra: a cache per set; train.pseudo.folder
-        kind = "external set" if x in r.get("extra", ()) else "pseudo-label folder"
-        print(f"{display_path(x['folder'])}: {kind} {x['name']}: cached {x['written']} images, "
-              f"{x['skipped']} were already there ({x['total']} films)")
+    for kind, key in (("external set", "extra"), ("pseudo-label folder", "pseudo")):   # data.extra, train.pseudo.folder
+        for x in r.get(key, ()):
+            print(f"{display_path(x['folder'])}: {kind} {x['name']}: cached {x['written']} images, "
+                  f"{x['skipped']} were already there ({x['total']} films)")
 
 
 def main(argv=None):

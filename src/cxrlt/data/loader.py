@@ -33,7 +33,7 @@ class CxrDataset(Dataset):
         if self.mosaic_p and not set(acfg.mosaic_variants) <= set(MOSAIC_VARIANTS):
             raise CxrltError(f"augment.mosaic_variants {list(acfg.mosaic_variants)}: each must be one of "
                              f"{', '.join(MOSAIC_VARIANTS)}")
-        self.linear = acfg is not None and mix_rule(acfg) == "linear"
+        self.linear = acfg is not None and acfg.mix_labels == "linear"     # checked at load (schema)
         self.partner_cum = None
         if acfg is not None and acfg.get("balanced_mixup"):
             if partner_weights is None:
@@ -110,10 +110,6 @@ class CxrDataset(Dataset):
             img = read_cached(self.files[i])
             y = self.labels[i] if self.labels is not None else np.zeros(0, np.float32)
         return torch.from_numpy(np.ascontiguousarray(img))[None], torch.as_tensor(y, dtype=torch.float32), i
-
-
-def mix_rule(acfg) -> str:
-    return acfg.mix_labels        # checked at load (schema)
 
 
 def mix_pixels(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
